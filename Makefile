@@ -1,0 +1,43 @@
+# dnsaccel — see README.md. Every target runs on Debian 12 as root.
+SHELL := /bin/bash
+GO ?= go
+BINARIES := coredns node-cache
+export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
+GOFLAGS_BUILD := -trimpath
+
+.PHONY: all build test demo bench generate lint clean deps kube
+
+all: build
+
+build:
+	@mkdir -p bin
+	@for b in $(BINARIES); do CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/$$b ./cmd/$$b || exit 1; done
+
+# Tools and packages the tests need, installed idempotently.
+deps:
+	@./hack/deps.sh
+
+# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE).
+kube:
+	@$(GO) run ./test/cluster/cmd/build-kube
+
+test: deps build kube lint
+	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -race -timeout 10m ./plugin/...
+
+demo: deps build
+	$(GO) run ./hack/demo-cache
+
+bench: deps build
+	$(GO) run ./test/bench/dnsbench -out docs/benchmarks.md
+
+generate:
+	$(GO) generate ./...
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '_bpfe[lb]\.go$$')); \
+	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,313 @@
+//go:build linux
+
+package nodecache
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	batch   = 32   // datagrams per recvmmsg/sendmmsg
+	pktSize = 4096 // queries larger than this are not plain queries
+)
+
+// start binds n SO_REUSEPORT sockets (n < 0: one per CPU) beside CoreDNS's
+// and runs one locked OS thread per socket.
+func (fe *frontend) start(n int) (func(), error) {
+	if n < 0 {
+		n = runtime.NumCPU()
+	}
+	ap, err := netip.ParseAddrPort(fe.addr)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	for i := 0; i < n; i++ {
+		fd, err := bindUDP(ap)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		fds = append(fds, fd)
+	}
+	steer, err := steerToSockets(fds)
+	if err != nil {
+		// Correct without it, only slower: CoreDNS's own socket keeps a
+		// share of the datagrams and serves them through the chain.
+		log.Warningf("fast path on %s without reuseport steering: %v", fe.addr, err)
+	}
+	var stopping atomic.Bool
+	var wg sync.WaitGroup
+	local := net.UDPAddrFromAddrPort(ap)
+	for _, fd := range fds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fe.loop(fd, local, &stopping)
+		}()
+	}
+	return func() {
+		stopping.Store(true)
+		if steer != nil {
+			steer.Close()
+		}
+		for _, fd := range fds {
+			// Wakes a blocked recvmmsg; SO_RCVTIMEO bounds it otherwise.
+			unix.Shutdown(fd, unix.SHUT_RD)
+		}
+		wg.Wait()
+		closeAll()
+	}, nil
+}
+
+func bindUDP(ap netip.AddrPort) (int, error) {
+	family := unix.AF_INET
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	// Blocking on purpose: a thread parked in recvmmsg wakes straight into
+	// the syscall's return, with no netpoller round trip.
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	fail := func(what string, err error) (int, error) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("SO_REUSEADDR", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return fail("SO_REUSEPORT", err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	tv := unix.NsecToTimeval(int64(250 * time.Millisecond))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fail("SO_RCVTIMEO", err)
+	}
+	if family == unix.AF_INET {
+		sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		err = unix.Bind(fd, sa)
+	} else {
+		sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		err = unix.Bind(fd, sa)
+	}
+	if err != nil {
+		return fail("bind "+ap.String(), err)
+	}
+	return fd, nil
+}
+
+// steering is the SK_REUSEPORT program and socket array of one listener.
+type steering struct {
+	prog *ebpf.Program
+	arr  *ebpf.Map
+}
+
+func (s *steering) Close() {
+	s.prog.Close()
+	s.arr.Close()
+}
+
+// steerToSockets attaches to the reuseport group an eBPF program that picks
+// one of fds by the flow hash, so CoreDNS's own socket in the group gets no
+// datagrams while the fast path runs. When the fast-path sockets close, the
+// program's array empties and the kernel falls back to its own hashing over
+// what is left, i.e. CoreDNS's socket: no datagram is ever steered nowhere.
+func steerToSockets(fds []int) (*steering, error) {
+	arr, err := ebpf.NewMap(&ebpf.MapSpec{
+		Type: ebpf.ReusePortSockArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(len(fds)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reuseport socket array: %w", err)
+	}
+	for i, fd := range fds {
+		if err := arr.Update(uint32(i), uint64(fd), ebpf.UpdateAny); err != nil {
+			arr.Close()
+			return nil, fmt.Errorf("reuseport socket array update: %w", err)
+		}
+	}
+	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.SkReuseport,
+		AttachType: ebpf.AttachSkReuseportSelect,
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.LoadMem(asm.R0, asm.R1, hashOff, asm.Word),
+			asm.Mod.Imm32(asm.R0, int32(len(fds))),
+			asm.StoreMem(asm.RFP, -4, asm.R0, asm.Word),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, arr.FD()),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, -4),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnSkSelectReuseport.Call(),
+			asm.Mov.Imm(asm.R0, 1), // SK_PASS: on a failed select the kernel hashes
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		arr.Close()
+		return nil, fmt.Errorf("reuseport program: %w", err)
+	}
+	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, prog.FD()); err != nil {
+		prog.Close()
+		arr.Close()
+		return nil, fmt.Errorf("SO_ATTACH_REUSEPORT_EBPF: %w", err)
+	}
+	return &steering{prog: prog, arr: arr}, nil
+}
+
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
+// loop serves one socket on a locked OS thread until stopping.
+func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	var (
+		rbufs   [batch][pktSize]byte
+		rnames  [batch]unix.RawSockaddrInet6
+		riov    [batch]unix.Iovec
+		rmsgs   [batch]mmsghdr
+		sbufs   [batch][]byte
+		siov    [batch]unix.Iovec
+		smsgs   [batch]mmsghdr
+		scratch [batch][1232]byte
+	)
+	for i := range rmsgs {
+		riov[i].Base = &rbufs[i][0]
+		riov[i].SetLen(pktSize)
+		rmsgs[i].hdr.Iov = &riov[i]
+		rmsgs[i].hdr.SetIovlen(1)
+		rmsgs[i].hdr.Name = (*byte)(unsafe.Pointer(&rnames[i]))
+	}
+	hits := fastHits.WithLabelValues(fe.addr)
+	passed := fastPassed.WithLabelValues(fe.addr)
+	send := func(b []byte, to *net.UDPAddr) error { return sendTo(fd, b, to) }
+
+	for !stopping.Load() {
+		for i := range rmsgs {
+			rmsgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+			rmsgs[i].hdr.Flags = 0
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&rmsgs[0])), batch, unix.MSG_WAITFORONE, 0, 0)
+		if errno != 0 {
+			if errno == unix.EAGAIN || errno == unix.EINTR {
+				continue
+			}
+			if !stopping.Load() {
+				log.Errorf("fast path %s: recvmmsg: %v", fe.addr, errno)
+			}
+			return
+		}
+		if n == 0 {
+			continue // shutdown
+		}
+		now := monoNow()
+		out := 0
+		for i := 0; i < int(n); i++ {
+			pkt := rbufs[i][:rmsgs[i].n]
+			if rmsgs[i].hdr.Flags&unix.MSG_TRUNC != 0 {
+				continue
+			}
+			if resp := fe.answerFromCache(scratch[out][:0], pkt, now); resp != nil {
+				sbufs[out] = resp
+				smsgs[out].hdr.Name = rmsgs[i].hdr.Name
+				smsgs[out].hdr.Namelen = rmsgs[i].hdr.Namelen
+				// Replies leave before the next recvmmsg, so pointing at
+				// the receive buffer's source address is safe.
+				out++
+				continue
+			}
+			passed.Inc()
+			to := sockaddrToUDP(&rnames[i])
+			if to == nil {
+				continue
+			}
+			select {
+			case fe.misses <- struct{}{}:
+				cp := append([]byte(nil), pkt...)
+				w := &fastWriter{local: local, remote: to, send: send}
+				go func() {
+					defer func() { <-fe.misses }()
+					fe.serveMiss(cp, w)
+				}()
+			default:
+				// Over the bound the query is dropped, like a full socket
+				// buffer would: the client retries.
+			}
+		}
+		if out > 0 {
+			hits.Add(float64(out))
+			for i := 0; i < out; i++ {
+				siov[i].Base = &sbufs[i][0]
+				siov[i].SetLen(len(sbufs[i]))
+				smsgs[i].hdr.Iov = &siov[i]
+				smsgs[i].hdr.SetIovlen(1)
+			}
+			for sent := 0; sent < out; {
+				m, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&smsgs[sent])), uintptr(out-sent), 0, 0, 0)
+				if errno != 0 {
+					if errno == unix.EINTR {
+						continue
+					}
+					break // a reply lost to a full buffer is a client retry
+				}
+				sent += int(m)
+			}
+		}
+	}
+}
+
+func sockaddrToUDP(sa *unix.RawSockaddrInet6) *net.UDPAddr {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		return &net.UDPAddr{IP: net.IP(append([]byte(nil), sa4.Addr[:]...)), Port: int(p[0])<<8 | int(p[1])}
+	case unix.AF_INET6:
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return &net.UDPAddr{IP: net.IP(append([]byte(nil), sa.Addr[:]...)), Port: int(p[0])<<8 | int(p[1])}
+	}
+	return nil
+}
+
+var errNoAddr = errors.New("no destination address")
+
+func sendTo(fd int, b []byte, to *net.UDPAddr) error {
+	if to == nil {
+		return errNoAddr
+	}
+	if ip4 := to.IP.To4(); ip4 != nil {
+		sa := &unix.SockaddrInet4{Port: to.Port}
+		copy(sa.Addr[:], ip4)
+		return unix.Sendto(fd, b, 0, sa)
+	}
+	sa := &unix.SockaddrInet6{Port: to.Port}
+	copy(sa.Addr[:], to.IP.To16())
+	return unix.Sendto(fd, b, 0, sa)
+}

@@ -1,0 +1,372 @@
+// Package nodecache is a CoreDNS plugin: a node-local DNS cache that keeps
+// answers in wire format, coalesces concurrent misses, refreshes popular
+// entries before they expire, serves stale answers while every upstream is
+// down, and forwards misses over pipelined TCP connections. On Linux it also
+// answers cache hits from a UDP fast path beside CoreDNS's own server loop.
+package nodecache
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metrics"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+	"github.com/coredns/coredns/request"
+	"github.com/miekg/dns"
+
+	"github.com/dnsaccel/dnsaccel/plugin/nodecache/upstream"
+)
+
+const pluginName = "nodecache"
+
+var log = clog.NewWithPlugin(pluginName)
+
+// Options is the parsed Corefile configuration of one nodecache block.
+type Options struct {
+	Upstreams      []upstream.Addr
+	SuccessCap     int
+	Success        ttlPolicy
+	DenialCap      int
+	Denial         ttlPolicy
+	ServfailTTL    uint32
+	Prefetch       int           // popularity threshold; 0 disables prefetch
+	PrefetchWindow time.Duration // hits must come closer together than this
+	PrefetchPct    int           // refresh when less than this % of the TTL is left
+	ServeStale     time.Duration // 0 disables
+	StaleTTL       uint32        // TTL of stale answers (RFC 8767 suggests 30 s)
+	PreferUDP      bool
+	MaxInflight    int
+	HealthCheck    time.Duration
+	Timeout        time.Duration // whole upstream resolution, all attempts
+	FastPath       int           // UDP fast-path sockets per listener; 0 = off, -1 = one per CPU
+}
+
+// DefaultOptions are the values used for everything a Corefile leaves out.
+func DefaultOptions() Options {
+	return Options{
+		SuccessCap:     10000,
+		Success:        ttlPolicy{max: 3600, min: 5},
+		DenialCap:      10000,
+		Denial:         ttlPolicy{max: 1800, min: 0},
+		ServfailTTL:    5,
+		PrefetchWindow: time.Minute,
+		PrefetchPct:    10,
+		StaleTTL:       30,
+		MaxInflight:    2000,
+		HealthCheck:    500 * time.Millisecond,
+		Timeout:        5 * time.Second,
+		FastPath:       -1,
+	}
+}
+
+// NodeCache is the plugin handler.
+type NodeCache struct {
+	Next plugin.Handler
+	opts Options
+
+	pool    *upstream.Pool
+	success *store
+	denial  *store
+	flights flightGroup
+
+	// fastSafe is true when nothing before nodecache in its server block can
+	// change an answer, so the fast path may answer for the block.
+	fastSafe bool
+
+	bg     sync.WaitGroup // prefetch and background refreshes
+	ctx    context.Context
+	cancel context.CancelFunc
+	clock  func() int64
+}
+
+var monoBase = time.Now()
+
+// monotonic nanoseconds since process start: cheap, and immune to wall
+// clock steps.
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// New builds a NodeCache; Start must be called before it serves.
+func New(opts Options) *NodeCache {
+	c := &NodeCache{
+		opts:    opts,
+		success: newStore(opts.SuccessCap),
+		denial:  newStore(opts.DenialCap),
+		clock:   monoNow,
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// Start opens the upstream pool.
+func (c *NodeCache) Start() error {
+	p, err := upstream.New(upstream.Config{
+		Upstreams:   c.opts.Upstreams,
+		PreferUDP:   c.opts.PreferUDP,
+		MaxInflight: c.opts.MaxInflight,
+		HealthCheck: c.opts.HealthCheck,
+	})
+	if err != nil {
+		return err
+	}
+	c.pool = p
+	return nil
+}
+
+// Stop ends background work and closes upstream connections.
+func (c *NodeCache) Stop() error {
+	stopFrontends(c)
+	c.cancel()
+	c.bg.Wait()
+	if c.pool != nil {
+		return c.pool.Close()
+	}
+	return nil
+}
+
+// Name implements plugin.Handler.
+func (c *NodeCache) Name() string { return pluginName }
+
+// ServeDNS implements plugin.Handler.
+func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
+		return c.forwardUncached(ctx, w, r)
+	}
+	state := request.Request{W: w, Req: r}
+	server := metrics.WithServer(ctx)
+	q := r.Question[0]
+
+	var nameBuf, lowBuf [maxName + 1]byte
+	n, err := dns.PackDomainName(q.Name, nameBuf[:], 0, nil, false)
+	if err != nil {
+		return dns.RcodeFormatError, err
+	}
+	orig := nameBuf[:n]
+	k := makeKey(lowerName(lowBuf[:], orig), q.Qtype, q.Qclass, state.Do(), r.CheckingDisabled)
+	a := answer{id: r.Id, rd: r.RecursionDesired, name: orig, hasOPT: r.IsEdns0() != nil, do: state.Do()}
+
+	now := c.clock()
+	e := c.lookup(k)
+	if e != nil && e.fresh(now) {
+		requests.WithLabelValues(server).Inc()
+		hits.WithLabelValues(server, cacheType(e)).Inc()
+		c.maybePrefetch(k, e, now, server, func() *dns.Msg { return r })
+		c.allowFastPath(ctx, e)
+		return c.write(w, e, &a, now)
+	}
+	requests.WithLabelValues(server).Inc()
+	misses.WithLabelValues(server).Inc()
+
+	stale := c.usableStale(e, now)
+	if stale != nil && c.allUpstreamsDown() {
+		// Serve at once and refresh behind: waiting for upstreams known to be
+		// down would only add their timeout to every answer.
+		c.refreshAsync(k, r, server)
+		return c.writeStale(w, server, stale, &a, now)
+	}
+
+	res := c.resolve(ctx, k, r)
+	if res.err != nil {
+		if stale != nil {
+			return c.writeStale(w, server, stale, &a, now)
+		}
+		return dns.RcodeServerFailure, plugin.Error(pluginName, res.err)
+	}
+	if res.e != nil {
+		c.allowFastPath(ctx, res.e)
+		return c.write(w, res.e, &a, c.clock())
+	}
+	m := res.msg.Copy()
+	m.Id = r.Id
+	m.Question[0].Name = q.Name
+	m.RecursionDesired = r.RecursionDesired
+	w.WriteMsg(m)
+	return m.Rcode, nil
+}
+
+func cacheType(e *entry) string {
+	if e.denial {
+		return "denial"
+	}
+	return "success"
+}
+
+func (c *NodeCache) lookup(k key) *entry {
+	if e := c.success.get(k); e != nil {
+		return e
+	}
+	return c.denial.get(k)
+}
+
+func (c *NodeCache) usableStale(e *entry, now int64) *entry {
+	if e == nil || c.opts.ServeStale <= 0 || e.rcode == dns.RcodeServerFailure {
+		return nil
+	}
+	if now-e.expires > int64(c.opts.ServeStale) {
+		return nil
+	}
+	return e
+}
+
+func (c *NodeCache) allUpstreamsDown() bool {
+	for _, u := range c.pool.Upstreams() {
+		if u.Healthy {
+			return false
+		}
+	}
+	return true
+}
+
+// write sends e rendered for a. Through the plugin chain the response goes
+// out as a dns.Msg so that plugins wrapping the writer (metrics, log,
+// autopath) see it; the server's scrub writer truncates for UDP clients.
+func (c *NodeCache) write(w dns.ResponseWriter, e *entry, a *answer, now int64) (int, error) {
+	var buf [1232]byte
+	b := e.render(buf[:0], a, now)
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
+	}
+	w.WriteMsg(m)
+	return m.Rcode, nil
+}
+
+func (c *NodeCache) writeStale(w dns.ResponseWriter, server string, e *entry, a *answer, now int64) (int, error) {
+	servedStale.WithLabelValues(server).Inc()
+	a.staleTTL = c.opts.StaleTTL
+	return c.write(w, e, a, now)
+}
+
+// result is the outcome of one upstream resolution, shared by every client
+// that asked for the same key while it was in flight.
+type result struct {
+	e   *entry   // the response as an entry (cached or not)
+	msg *dns.Msg // set instead of e when the response could not be packed as one
+	err error
+}
+
+// resolve asks the upstreams once per key however many clients ask at the
+// same time, and caches what may be cached.
+func (c *NodeCache) resolve(ctx context.Context, k key, r *dns.Msg) result {
+	res, shared := c.flights.do(k, func() result { return c.fetch(k, r, metrics.WithServer(ctx)) }, ctx.Done())
+	if shared {
+		coalesced.WithLabelValues(metrics.WithServer(ctx)).Inc()
+	}
+	return res
+}
+
+var (
+	errMismatch = errors.New("upstream answer does not match the question")
+	errGaveUp   = errors.New("client gave up waiting for the upstream answer")
+)
+
+// fetch queries upstream and stores the answer. It runs detached from the
+// asking client's context: other clients may be waiting for it.
+func (c *NodeCache) fetch(k key, r *dns.Msg, server string) result {
+	q := r.Question[0]
+	uq := new(dns.Msg)
+	uq.Id = dns.Id()
+	uq.RecursionDesired = true
+	uq.CheckingDisabled = r.CheckingDisabled
+	uq.Question = []dns.Question{{Name: q.Name, Qtype: q.Qtype, Qclass: q.Qclass}}
+	uq.SetEdns0(ednsAdvertise, k.bits&1 != 0)
+
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.pool.Exchange(ctx, uq)
+	if err != nil {
+		return result{err: err}
+	}
+	if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, q.Name) ||
+		resp.Question[0].Qtype != q.Qtype || resp.Question[0].Qclass != q.Qclass {
+		return result{err: errMismatch}
+	}
+	return c.store(k, resp, server)
+}
+
+// store turns an upstream response into an entry, caching it when allowed.
+func (c *NodeCache) store(k key, resp *dns.Msg, server string) result {
+	now := c.clock()
+	ttl, isDenial, ok := classify(resp, c.opts.Success, c.opts.Denial, c.opts.ServfailTTL)
+	if !ok {
+		return result{msg: resp}
+	}
+	e, err := newEntry(resp, ttl, isDenial, now)
+	if err != nil {
+		return result{msg: resp}
+	}
+	if ttl == 0 {
+		return result{e: e}
+	}
+	in, other := c.success, c.denial
+	if isDenial {
+		in, other = c.denial, c.success
+	}
+	if prev := other.get(k); prev != nil {
+		other.remove(k, prev)
+	}
+	if in.add(k, e) {
+		evictions.WithLabelValues(cacheType(e)).Inc()
+	}
+	entries.WithLabelValues(server, "success").Set(float64(c.success.len()))
+	entries.WithLabelValues(server, "denial").Set(float64(c.denial.len()))
+	return result{e: e}
+}
+
+// maybePrefetch counts hits and starts a prefetch when a popular entry is
+// close to expiry: one refresh per entry at a time, so prefetch load scales
+// with the number of popular names, not the query rate.
+func (c *NodeCache) maybePrefetch(k key, e *entry, now int64, server string, query func() *dns.Msg) {
+	if c.opts.Prefetch <= 0 {
+		return
+	}
+	last := e.lastHit.Swap(now)
+	var n uint32
+	if last != 0 && now-last > int64(c.opts.PrefetchWindow) {
+		e.hits.Store(1)
+		n = 1
+	} else {
+		n = e.hits.Add(1)
+	}
+	if int(n) < c.opts.Prefetch {
+		return
+	}
+	if uint64(e.remaining(now))*100 > uint64(c.opts.PrefetchPct)*uint64(e.ttl) {
+		return
+	}
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	prefetches.Inc()
+	c.refreshAsync(k, query(), server)
+}
+
+// refreshAsync re-resolves k in the background (prefetch, stale refresh).
+func (c *NodeCache) refreshAsync(k key, r *dns.Msg, server string) {
+	k.name = append([]byte(nil), k.name...)
+	r = r.Copy()
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.flights.do(k, func() result { return c.fetch(k, r, server) }, c.ctx.Done())
+	}()
+}
+
+// forwardUncached passes anything that is not a plain one-question query
+// straight to the upstreams.
+func (c *NodeCache) forwardUncached(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.pool.Exchange(ctx, r)
+	if err != nil {
+		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
+	}
+	w.WriteMsg(resp)
+	return resp.Rcode, nil
+}

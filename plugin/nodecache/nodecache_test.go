@@ -1,0 +1,373 @@
+package nodecache_test
+
+import (
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	_ "github.com/dnsaccel/dnsaccel/plugin" // directives and plugin set of bin/coredns
+)
+
+// fakeUpstream is a real DNS server on loopback (UDP and TCP) whose answers
+// depend on the name asked, and which counts what it is asked.
+type fakeUpstream struct {
+	addr   string
+	udp    *dns.Server
+	tcp    *dns.Server
+	mu     sync.Mutex
+	counts map[string]int
+	conns  atomic.Int64
+}
+
+func startUpstream(t *testing.T) *fakeUpstream {
+	t.Helper()
+	u := &fakeUpstream{counts: map[string]int{}}
+	h := dns.HandlerFunc(u.serve)
+	// The UDP port's TCP twin may be taken by some outgoing connection:
+	// try a few ports.
+	var pc net.PacketConn
+	var ln net.Listener
+	for i := 0; ; i++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		if i == 20 {
+			t.Fatal(err)
+		}
+	}
+	u.addr = pc.LocalAddr().String()
+	u.udp = &dns.Server{PacketConn: pc, Handler: h}
+	u.tcp = &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1}
+	go u.udp.ActivateAndServe()
+	go u.tcp.ActivateAndServe()
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *fakeUpstream) stop() {
+	u.udp.Shutdown()
+	u.tcp.Shutdown()
+}
+
+func (u *fakeUpstream) count(name string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.counts[strings.ToLower(name)]
+}
+
+func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
+	q := r.Question[0]
+	name := strings.ToLower(q.Name)
+	u.mu.Lock()
+	u.counts[name]++
+	u.mu.Unlock()
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.RecursionAvailable = true
+	soa, _ := dns.NewRR("test. 300 IN SOA ns.test. admin.test. 1 3600 600 86400 10")
+	switch {
+	case strings.HasPrefix(name, "slow."):
+		time.Sleep(300 * time.Millisecond)
+		fallthrough
+	case strings.HasPrefix(name, "host") || strings.HasPrefix(name, "slow."):
+		if q.Qtype == dns.TypeA {
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A 192.0.2.1", q.Name))
+			m.Answer = append(m.Answer, rr)
+		} else {
+			m.Ns = append(m.Ns, soa)
+		}
+	case strings.HasPrefix(name, "short."):
+		rr, _ := dns.NewRR(fmt.Sprintf("%s 1 IN A 192.0.2.2", q.Name))
+		m.Answer = append(m.Answer, rr)
+	case strings.HasPrefix(name, "big."):
+		for i := 0; i < 60; i++ {
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A 192.0.2.%d", q.Name, i+1))
+			m.Answer = append(m.Answer, rr)
+		}
+	default:
+		m.Rcode = dns.RcodeNameError
+		m.Ns = append(m.Ns, soa)
+	}
+	if o := r.IsEdns0(); o != nil {
+		m.SetEdns0(4096, o.Do())
+	}
+	w.WriteMsg(m)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	// Bind both UDP and TCP on the same port to be sure it is free for both.
+	for i := 0; i < 20; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startCache runs CoreDNS in-process with the nodecache block given.
+func startCache(t *testing.T, block string) string {
+	t.Helper()
+	port := freePort(t)
+	corefile := fmt.Sprintf(".:%d {\n  bind 127.0.0.1\n  %s\n}\n", port, block)
+	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)
+	}
+	t.Cleanup(func() {
+		inst.Stop()
+		inst.ShutdownCallbacks()
+	})
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+func ask(t *testing.T, addr, name string, qtype uint16, mutate ...func(*dns.Msg)) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	for _, f := range mutate {
+		f(m)
+	}
+	c := &dns.Client{Timeout: 3 * time.Second}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("query %s: %v", name, err)
+	}
+	return r
+}
+
+func metric(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.Counter != nil {
+				total += m.Counter.GetValue()
+			}
+		}
+	}
+	return total
+}
+
+func TestMissThenHit(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+
+	tests := []struct {
+		name   string
+		ask    string
+		rcode  int
+		answer int
+	}{
+		{"positive", "host1.test.", dns.RcodeSuccess, 1},
+		{"nxdomain", "nothing.test.", dns.RcodeNameError, 0},
+		{"nodata", "host2.test.", dns.RcodeSuccess, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			qtype := dns.TypeA
+			if tc.name == "nodata" {
+				qtype = dns.TypeAAAA
+			}
+			first := ask(t, addr, tc.ask, qtype)
+			mixed := strings.ToUpper(tc.ask[:3]) + tc.ask[3:]
+			second := ask(t, addr, mixed, qtype)
+			for _, r := range []*dns.Msg{first, second} {
+				if r.Rcode != tc.rcode || len(r.Answer) != tc.answer {
+					t.Fatalf("rcode %s answers %d, want %s %d", dns.RcodeToString[r.Rcode], len(r.Answer), dns.RcodeToString[tc.rcode], tc.answer)
+				}
+			}
+			if second.Question[0].Name != mixed {
+				t.Errorf("question case not kept: %q, want %q", second.Question[0].Name, mixed)
+			}
+			if n := up.count(tc.ask); n != 1 {
+				t.Errorf("upstream asked %d times, want 1 (second answer from cache)", n)
+			}
+		})
+	}
+}
+
+func TestFastPathAnswersHits(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	before := metric(t, "coredns_nodecache_fastpath_hits_total")
+	ask(t, addr, "host10.test.", dns.TypeA) // miss: through the chain
+	for i := 0; i < 20; i++ {
+		r := ask(t, addr, "host10.test.", dns.TypeA, func(m *dns.Msg) { m.Id = uint16(1000 + i) })
+		if r.Id != uint16(1000+i) || len(r.Answer) != 1 {
+			t.Fatalf("hit %d: id %d answers %d", i, r.Id, len(r.Answer))
+		}
+	}
+	if got := metric(t, "coredns_nodecache_fastpath_hits_total") - before; got < 15 {
+		t.Fatalf("fast path answered %v of 20 hits, want nearly all", got)
+	}
+	if n := up.count("host10.test."); n != 1 {
+		t.Fatalf("upstream asked %d times, want 1", n)
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	const clients = 1000
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := new(dns.Msg)
+			m.SetQuestion("slow.coalesce.test.", dns.TypeA)
+			r, _, err := (&dns.Client{Timeout: 5 * time.Second, Net: "tcp"}).Exchange(m, addr)
+			if err != nil || len(r.Answer) != 1 {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d clients got no answer", failed.Load(), clients)
+	}
+	if n := up.count("slow.coalesce.test."); n != 1 {
+		t.Fatalf("%d concurrent identical misses caused %d upstream queries, want 1", clients, n)
+	}
+}
+
+func TestServeStale(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr+" {\n success 100 1 1\n serve_stale 1h\n }")
+	if r := ask(t, addr, "host3.test.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("warm-up: %v", r)
+	}
+	up.stop()
+	// Poll until the 1 s entry has expired and the answer is served stale.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := ask(t, addr, "host3.test.", dns.TypeA)
+		if len(r.Answer) == 1 && r.Answer[0].Header().Ttl == 30 {
+			break // the stale TTL
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stale answer while upstream down: %v", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A name never cached gets SERVFAIL, promptly.
+	start := time.Now()
+	if r := ask(t, addr, "host4.test.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("uncached name with upstream down: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("SERVFAIL took %v", d)
+	}
+}
+
+func TestTruncationAndTCP(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	for _, round := range []string{"miss", "hit"} {
+		r := ask(t, addr, "big.test.", dns.TypeA) // no EDNS: 512-byte limit
+		if !r.Truncated {
+			t.Fatalf("%s: %d answers in a 512-byte UDP reply, want TC", round, len(r.Answer))
+		}
+		m := new(dns.Msg)
+		m.SetQuestion("big.test.", dns.TypeA)
+		tr, _, err := (&dns.Client{Net: "tcp", Timeout: 3 * time.Second}).Exchange(m, addr)
+		if err != nil || len(tr.Answer) != 60 {
+			t.Fatalf("%s: TCP retry: err %v", round, err)
+		}
+		// With EDNS 4096 it fits over UDP.
+		e := ask(t, addr, "big.test.", dns.TypeA, func(m *dns.Msg) { m.SetEdns0(4096, false) })
+		if e.Truncated || len(e.Answer) != 60 {
+			t.Fatalf("%s: EDNS 4096: truncated %v answers %d", round, e.Truncated, len(e.Answer))
+		}
+	}
+}
+
+func TestTTLDecrements(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	first := ask(t, addr, "host5.test.", dns.TypeA).Answer[0].Header().Ttl
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ttl := ask(t, addr, "host5.test.", dns.TypeA).Answer[0].Header().Ttl
+		if ttl < first {
+			if first-ttl > 2 {
+				t.Fatalf("ttl fell from %d to %d", first, ttl)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ttl stuck at %d", ttl)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestMalformedQueriesDoNotHurt(t *testing.T) {
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, junk := range [][]byte{
+		{}, {0}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
+		{0xAB, 0xCD, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xC0, 0x0C, 0, 1, 0, 1}, // pointer loop
+		{0xAB, 0xCD, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 63},                     // label past the end
+	} {
+		conn.Write(junk)
+	}
+	if r := ask(t, addr, "host6.test.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("server unwell after junk: %v", r)
+	}
+}
+
+func TestDig(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("dig not installed (apt-get install dnsutils)")
+	}
+	up := startUpstream(t)
+	addr := startCache(t, "nodecache "+up.addr)
+	host, port, _ := net.SplitHostPort(addr)
+	for i := 0; i < 2; i++ {
+		out, err := exec.Command("dig", "@"+host, "-p", port, "+short", "+tries=1", "host8.test.").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "192.0.2.1" {
+			t.Fatalf("dig round %d: %v %q", i, err, out)
+		}
+	}
+	if n := up.count("host8.test."); n != 1 {
+		t.Fatalf("upstream asked %d times", n)
+	}
+}

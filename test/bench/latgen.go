@@ -1,0 +1,221 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// latResult is what the rate-paced latency generator measured.
+type latResult struct {
+	Sent    int           `json:"sent"`
+	Answers int           `json:"answers"` // NOERROR with at least one answer RR
+	Bad     int           `json:"bad"`     // responses that were not a positive answer
+	Lost    int           `json:"lost"`    // no response within the timeout
+	Rate    float64       `json:"rate"`    // achieved send rate, queries/s
+	P50     time.Duration `json:"p50"`
+	P99     time.Duration `json:"p99"`
+	P999    time.Duration `json:"p999"`
+	Max     time.Duration `json:"max"`
+
+	lats []time.Duration // sorted samples
+}
+
+// setPercentiles sorts r.lats and derives the percentiles from them.
+func (r *latResult) setPercentiles() {
+	if len(r.lats) == 0 {
+		return
+	}
+	slices.Sort(r.lats)
+	pct := func(p float64) time.Duration {
+		i := int(math.Ceil(p*float64(len(r.lats)))) - 1 // nearest rank
+		return r.lats[max(0, min(i, len(r.lats)-1))]
+	}
+	r.P50, r.P99, r.P999, r.Max = pct(0.50), pct(0.99), pct(0.999), r.lats[len(r.lats)-1]
+}
+
+// mergeLat combines runs of the same kind (e.g. interleaved blocks).
+func mergeLat(rs ...latResult) latResult {
+	var m latResult
+	var dur float64
+	for _, r := range rs {
+		m.Sent += r.Sent
+		m.Answers += r.Answers
+		m.Bad += r.Bad
+		m.Lost += r.Lost
+		if r.Rate > 0 {
+			dur += float64(r.Sent) / r.Rate
+		}
+		m.lats = append(m.lats, r.lats...)
+	}
+	if dur > 0 {
+		m.Rate = float64(m.Sent) / dur
+	}
+	m.setPercentiles()
+	return m
+}
+
+// packQueries packs one A query per name (IDs are overwritten when sent).
+func packQueries(names []string) ([][]byte, error) {
+	out := make([][]byte, len(names))
+	for i, n := range names {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(n), dns.TypeA)
+		b, err := m.Pack()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+// runLatGen sends total queries to addr at a fixed rate, cycling through the
+// pre-packed queries, spread over nsock connected UDP sockets, and measures the
+// latency of every response. It is a small, open-loop (rate-paced, not
+// window-limited) generator: a slow server cannot slow down the send schedule,
+// so queueing shows up in the percentiles.
+func runLatGen(ctx context.Context, addr string, queries [][]byte, total int, rate float64, nsock int, timeout time.Duration) (latResult, error) {
+	var res latResult
+	if total <= 0 || rate <= 0 || len(queries) == 0 {
+		return res, errors.New("latgen: nothing to send")
+	}
+	if nsock < 1 {
+		nsock = 1
+	}
+	raddr, err := net.ResolveUDPAddr("udp4", addr)
+	if err != nil {
+		return res, err
+	}
+	type sock struct {
+		c     *net.UDPConn
+		slots [65536]atomic.Int64 // send time (ns since base) + 1, by DNS ID
+		lats  []time.Duration
+		bad   int
+		buf   []byte
+	}
+	socks := make([]*sock, nsock)
+	for i := range socks {
+		c, err := net.DialUDP("udp4", nil, raddr)
+		if err != nil {
+			for _, s := range socks[:i] {
+				s.c.Close()
+			}
+			return res, err
+		}
+		_ = c.SetReadBuffer(4 << 20)
+		_ = c.SetWriteBuffer(4 << 20)
+		socks[i] = &sock{c: c, lats: make([]time.Duration, 0, total/nsock+1), buf: make([]byte, 512)}
+	}
+	base := time.Now()
+	var recvd atomic.Int64
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		wg.Add(1)
+		go func(s *sock) {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				n, err := s.c.Read(buf)
+				if err != nil {
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					continue // e.g. ECONNREFUSED from an ICMP error
+				}
+				now := int64(time.Since(base))
+				if n < 12 {
+					s.bad++
+					continue
+				}
+				id := binary.BigEndian.Uint16(buf)
+				t := s.slots[id].Swap(0)
+				if t == 0 {
+					continue // duplicate or unexpected response
+				}
+				recvd.Add(1)
+				rcode := buf[3] & 0x0f
+				ancount := binary.BigEndian.Uint16(buf[6:])
+				if buf[2]&0x80 == 0 || rcode != dns.RcodeSuccess || ancount == 0 {
+					s.bad++
+					continue
+				}
+				s.lats = append(s.lats, time.Duration(now-(t-1)))
+			}
+		}(s)
+	}
+	closeAll := func() {
+		for _, s := range socks {
+			s.c.Close()
+		}
+		wg.Wait()
+	}
+
+	// Send schedule: query i is due at base + i/rate. The sender wakes up
+	// at least every tick and sends everything that is due.
+	tick := 100 * time.Microsecond
+	if iv := time.Duration(float64(time.Second) / rate); iv > tick {
+		tick = iv
+	}
+	sent := 0
+	seqs := make([]uint16, nsock)
+	for sent < total {
+		if ctx.Err() != nil {
+			closeAll()
+			return res, ctx.Err()
+		}
+		due := int(time.Since(base).Seconds()*rate) + 1
+		if due > total {
+			due = total
+		}
+		for ; sent < due; sent++ {
+			s := socks[sent%nsock]
+			q := queries[sent%len(queries)]
+			id := seqs[sent%nsock]
+			seqs[sent%nsock]++
+			buf := append(s.buf[:0], q...)
+			binary.BigEndian.PutUint16(buf, id)
+			s.buf = buf
+			// A previous query with this ID that never came back is
+			// simply forgotten (it counts as lost).
+			s.slots[id].Store(int64(time.Since(base)) + 1)
+			if _, err := s.c.Write(buf); err != nil {
+				s.slots[id].Store(0)
+			}
+		}
+		time.Sleep(tick)
+	}
+	sendDur := time.Since(base)
+	deadline := time.Now().Add(timeout)
+	for recvd.Load() < int64(sent) && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	closeAll()
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	var lats []time.Duration
+	for _, s := range socks {
+		lats = append(lats, s.lats...)
+		res.Bad += s.bad
+	}
+	res.Sent = sent
+	res.Answers = len(lats)
+	res.Lost = sent - int(recvd.Load())
+	res.Rate = float64(sent) / sendDur.Seconds()
+	if len(lats) == 0 {
+		return res, fmt.Errorf("latgen: no answers from %s (%d sent, %d bad)", addr, sent, res.Bad)
+	}
+	res.lats = lats
+	res.setPercentiles()
+	return res, nil
+}
