@@ -61,10 +61,12 @@ var (
 	colOurs  = color.RGBA{0x1f, 0x77, 0xb4, 0xff}
 	colPeer  = color.RGBA{0x99, 0x99, 0x99, 0xff}
 	colLight = color.RGBA{0xc8, 0xd8, 0xe8, 0xff}
+	colMark  = color.RGBA{0xd6, 0x27, 0x28, 0xff}
 )
 
-// hbars draws a titled horizontal bar chart into the box at (x, y, w, h).
-func (c *canvas) hbars(x, y, w, h int, title string, bars []bar) {
+// hbars draws a titled horizontal bar chart into the box at (x, y, w, h),
+// with a dashed marker line at mark (if > 0).
+func (c *canvas) hbars(x, y, w, h int, title string, bars []bar, mark float64, markLabel string) {
 	const scale = 2
 	c.text(x, y, title, scale, colInk)
 	top := y + 14*scale
@@ -72,7 +74,7 @@ func (c *canvas) hbars(x, y, w, h int, title string, bars []bar) {
 	for _, b := range bars {
 		labelW = max(labelW, textWidth(b.label, scale))
 	}
-	vmax := 0.0
+	vmax := mark
 	for _, b := range bars {
 		vmax = math.Max(vmax, b.value)
 	}
@@ -104,6 +106,13 @@ func (c *canvas) hbars(x, y, w, h int, title string, bars []bar) {
 		}
 		c.text(gx+bw+8, cy-glyphH*scale/2, b.text, scale, colInk)
 	}
+	if mark > 0 {
+		mx := gx + int(float64(gw)*mark/vmax)
+		for yy := top; yy < top+rowH*len(bars); yy += 10 {
+			c.rect(mx-1, yy, mx+1, min(yy+6, top+rowH*len(bars)), colMark)
+		}
+		c.text(mx-textWidth(markLabel, 1)/2, top-glyphH-2, markLabel, 1, colMark)
+	}
 }
 
 // writePlot renders the CPU-per-answer and max-QPS charts as a PNG.
@@ -133,9 +142,23 @@ func writePlot(path string, rep *Report) error {
 		add := float64(r.Miss.P50-r.Direct.P50) / 1000
 		miss = append(miss, bar{label: lbl, value: math.Max(add, 0), text: fmt.Sprintf("%+.0f US", add), col: colFor(r)})
 	}
-	c.hbars(20, 50, w-40, panelH-20, fmt.Sprintf("CPU US PER CACHED ANSWER AT %.0fK QPS (LOWER IS BETTER)", rep.Config.FixedRate/1000), cpu)
-	c.hbars(20, 50+panelH, w-40, panelH-20, "MAX CACHED QPS, DNSPERF UNLIMITED (HIGHER IS BETTER; STRIPED = SERVER < 90% CPU)", qps)
-	c.hbars(20, 50+2*panelH, w-40, panelH-20, "MISS PATH: ADDED P50 LATENCY OVER UPSTREAM ALONE (LOWER IS BETTER)", miss)
+	// Target markers for node-cache.
+	cpuMark, qpsMark := 0.0, 0.0
+	if r, ok := rep.result("coredns"); ok {
+		cpuMark = 0.5 * r.CPUPerAns
+	}
+	if r, ok := rep.result("unbound"); ok {
+		if cpuMark == 0 || 1.25*r.CPUPerAns < cpuMark {
+			cpuMark = 1.25 * r.CPUPerAns
+		}
+		qpsMark = r.Max.QPS
+	}
+	c.hbars(20, 50, w-40, panelH-20, fmt.Sprintf("CPU US PER CACHED ANSWER AT %.0fK QPS (LOWER IS BETTER)", rep.Config.FixedRate/1000),
+		cpu, cpuMark, "TARGET")
+	c.hbars(20, 50+panelH, w-40, panelH-20, "MAX CACHED QPS, DNSPERF UNLIMITED (HIGHER IS BETTER; STRIPED = SERVER < 90% CPU)",
+		qps, qpsMark, "TARGET")
+	c.hbars(20, 50+2*panelH, w-40, panelH-20, "MISS PATH: ADDED P50 LATENCY OVER UPSTREAM ALONE (LOWER IS BETTER)",
+		miss, 100, "TARGET 100 US")
 	f, err := os.Create(path)
 	if err != nil {
 		return err

@@ -44,7 +44,8 @@ func main() {
 	out := flag.String("out", "docs/benchmarks.md", "markdown file whose DNS-cache section is replaced, relative to the repo root ('' = don't write)")
 	plot := flag.String("plot", "", "PNG plot (default: bench-cpu.png next to -out)")
 	jsonOut := flag.String("json", "", "also write raw results as JSON to this file (relative to the repo root)")
-	quick := flag.Bool("quick", false, "short phases, for a smoke check")
+	quick := flag.Bool("quick", false, "short phases and no idle wait or retries, for a smoke check")
+	fromJSON := flag.String("from-json", "", "don't measure: re-render the table, -out and -plot from a -json file of an earlier run")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "dnsbench: unexpected arguments: %v\n", flag.Args())
@@ -65,6 +66,20 @@ func main() {
 		cfg.Plot = filepath.Join(filepath.Dir(cfg.Out), "bench-cpu.png")
 	}
 	cfg.JSON = *jsonOut
+
+	if *fromJSON != "" {
+		rep, err := bench.LoadReport(*fromJSON)
+		if err == nil {
+			rep.Config.Out, rep.Config.Plot, rep.Config.JSON = bench.RepoPath(cfg.Out), bench.RepoPath(cfg.Plot), ""
+			rep.WriteTable(os.Stdout)
+			err = rep.WriteOutputs()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dnsbench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()

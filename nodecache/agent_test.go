@@ -1,0 +1,254 @@
+package nodecache
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string // substring of the error; "" = valid
+	}{
+		{"ok", Config{Listen: []string{"127.0.0.1:5301"}, Upstreams: []string{"127.0.0.1:5300"}}, ""},
+		{"no listen", Config{Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
+		{"bad listen", Config{Listen: []string{"localhost:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
+		{"wildcard", Config{Listen: []string{"0.0.0.0:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "wildcard"},
+		{"no upstream", Config{Listen: []string{"127.0.0.1:53"}}, "--upstream"},
+		{"bad upstream", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"10.0.0.1"}}, "--upstream"},
+		{"loop", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"127.0.0.1:53"}}, "itself"},
+		{"missing conf", Config{Conf: "/nonexistent/Corefile"}, "--conf"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestResolvConfUpstreams(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte("# c\nsearch a.b\nnameserver 192.0.2.1\nnameserver fd00::53\nnameserver bogus\noptions ndots:5\n"), 0o644)
+	got, err := ResolvConfUpstreams(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "192.0.2.1:53,[fd00::53]:53" {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestGeneratedCorefile(t *testing.T) {
+	c := Config{Listen: []string{"127.0.0.1:53", "169.254.20.10:53", "127.0.0.1:5301"}, Upstreams: []string{"127.0.0.1:5300"}, Metrics: ":9253"}
+	cf := c.Corefile()
+	for _, want := range []string{".:53 {\n    bind 127.0.0.1 169.254.20.10\n", ".:5301 {\n    bind 127.0.0.1\n", "nodecache 127.0.0.1:5300 {", "prometheus :9253"} {
+		if !strings.Contains(cf, want) {
+			t.Errorf("generated Corefile lacks %q:\n%s", want, cf)
+		}
+	}
+}
+
+// TestBinary runs the real bin/node-cache against a real upstream: answers,
+// health, readiness, metrics, and a clean exit on SIGTERM.
+func TestBinary(t *testing.T) {
+	bin := buildBinary(t)
+	upAddr := startUpstream(t)
+	listen, metrics, health := freeAddr(t), freeAddr(t), freeAddr(t)
+
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "--listen", listen, "--upstream", upAddr, "--metrics", metrics, "--health", health)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+	})
+
+	waitFor(t, "ready", func() bool { return httpGet(health, "/ready") == 200 })
+	if code := httpGet(health, "/health"); code != 200 {
+		t.Fatalf("/health: %d", code)
+	}
+	for i := 0; i < 3; i++ {
+		m := new(dns.Msg)
+		m.SetQuestion("www.example.test.", dns.TypeA)
+		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, listen)
+		if err != nil || len(r.Answer) != 1 {
+			t.Fatalf("query %d: %v %v\n%s", i, err, r, logs.String())
+		}
+	}
+	body := httpBody(t, metrics, "/metrics")
+	for _, name := range []string{"coredns_nodecache_misses_total", "coredns_nodecache_upstream_requests_total", "coredns_dns_requests_total"} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no exit 10 s after SIGTERM\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"msg":"shutting down"`) {
+		t.Errorf("no structured shutdown log:\n%s", logs.String())
+	}
+}
+
+func TestBinaryRejectsBadFlags(t *testing.T) {
+	bin := buildBinary(t)
+	out, err := exec.Command(bin, "--listen", "127.0.0.1:53", "--upstream", "127.0.0.1:53").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "itself") {
+		t.Fatalf("want exit 2 naming the loop, got %v: %s", err, out)
+	}
+	out, _ = exec.Command(bin, "--help").CombinedOutput()
+	for _, f := range []string{"--listen", "--upstream", "--conf", "--metrics", "--health"} {
+		if !strings.Contains(string(out), f) {
+			t.Errorf("--help does not explain %s", f)
+		}
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// buildBinary builds bin/node-cache once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "node-cache-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "node-cache")
+		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/node-cache").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+func startUpstream(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	for i := 0; ; i++ {
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		if i == 20 {
+			t.Fatal(err)
+		}
+		pc, _ = net.ListenPacket("udp", "127.0.0.1:0")
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		rr, _ := dns.NewRR(r.Question[0].Name + " 60 IN A 192.0.2.9")
+		m.Answer = append(m.Answer, rr)
+		w.WriteMsg(m)
+	})
+	u, tc := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h}
+	go u.ActivateAndServe()
+	go tc.ActivateAndServe()
+	t.Cleanup(func() { u.Shutdown(); tc.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		ln, err := net.Listen("tcp", addr)
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+func httpGet(addr, path string) int {
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://%s%s", addr, path))
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func httpBody(t *testing.T, addr, path string) string {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(fmt.Sprintf("http://%s%s", addr, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
