@@ -53,6 +53,7 @@ func (fe *frontend) start(n int) (func(), error) {
 		// share of the datagrams and serves them through the chain.
 		log.Warningf("fast path on %s without reuseport steering: %v", fe.addr, err)
 	}
+	reserveProcs(n)
 	var stopping atomic.Bool
 	var wg sync.WaitGroup
 	local := net.UDPAddrFromAddrPort(ap)
@@ -75,6 +76,29 @@ func (fe *frontend) start(n int) (func(), error) {
 		wg.Wait()
 		closeAll()
 	}, nil
+}
+
+var (
+	procsMu        sync.Mutex
+	blockedThreads int
+	baseProcs      int
+)
+
+// reserveProcs keeps a P free for everything else. A fast-path thread
+// parked in recvmmsg holds its P in the syscall state; if every P were held
+// that way, a miss handed to a goroutine would wait for sysmon to retake a
+// P, up to 10 ms. The parked threads use no CPU, so one P per thread on top
+// of the usual GOMAXPROCS costs nothing.
+func reserveProcs(n int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if baseProcs == 0 {
+		baseProcs = runtime.GOMAXPROCS(0)
+	}
+	blockedThreads += n
+	if want := baseProcs + blockedThreads; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
 }
 
 func bindUDP(ap netip.AddrPort) (int, error) {
