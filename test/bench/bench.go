@@ -85,7 +85,7 @@ func DefaultConfig() Config {
 		LatRate:          5000,
 		MissRate:         500,
 		MissQueries:      2000,
-		PerfClients:      2,
+		PerfClients:      4,
 		PerfThreads:      1,
 		PerfOutstanding:  100,
 		FixedOutstanding: 200,

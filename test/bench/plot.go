@@ -93,6 +93,14 @@ func (c *canvas) hbars(x, y, w, h int, title string, bars []bar, mark float64, m
 		c.rect(xx, top, xx+1, top+rowH*len(bars), colGrid)
 	}
 	c.rect(gx-1, top, gx+1, top+rowH*len(bars), colInk)
+	// The target marker goes under the bars and labels.
+	if mark > 0 {
+		mx := gx + int(float64(gw)*mark/vmax)
+		for yy := top; yy < top+rowH*len(bars); yy += 10 {
+			c.rect(mx-1, yy, mx+1, min(yy+6, top+rowH*len(bars)), colMark)
+		}
+		c.text(mx-textWidth(markLabel, 1)/2, top-glyphH-2, markLabel, 1, colMark)
+	}
 	for i, b := range bars {
 		cy := top + i*rowH + rowH/2
 		c.text(x, cy-glyphH*scale/2, b.label, scale, colInk)
@@ -105,13 +113,6 @@ func (c *canvas) hbars(x, y, w, h int, title string, bars []bar, mark float64, m
 			}
 		}
 		c.text(gx+bw+8, cy-glyphH*scale/2, b.text, scale, colInk)
-	}
-	if mark > 0 {
-		mx := gx + int(float64(gw)*mark/vmax)
-		for yy := top; yy < top+rowH*len(bars); yy += 10 {
-			c.rect(mx-1, yy, mx+1, min(yy+6, top+rowH*len(bars)), colMark)
-		}
-		c.text(mx-textWidth(markLabel, 1)/2, top-glyphH-2, markLabel, 1, colMark)
 	}
 }
 
