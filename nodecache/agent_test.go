@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
 
 func TestValidate(t *testing.T) {
@@ -173,52 +174,22 @@ func TestMain(m *testing.M) {
 
 func startUpstream(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	for i := 0; ; i++ {
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if i == 20 {
-			t.Fatal(err)
-		}
-		pc, _ = net.ListenPacket("udp", "127.0.0.1:0")
-	}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	return dnstest.NewServer(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
 		rr, _ := dns.NewRR(r.Question[0].Name + " 60 IN A 192.0.2.9")
 		m.Answer = append(m.Answer, rr)
 		w.WriteMsg(m)
-	})
-	u, tc := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h}
-	go u.ActivateAndServe()
-	go tc.ActivateAndServe()
-	t.Cleanup(func() { u.Shutdown(); tc.Shutdown() })
-	return pc.LocalAddr().String()
+	})).Addr
 }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	for i := 0; i < 20; i++ {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := pc.LocalAddr().String()
-		ln, err := net.Listen("tcp", addr)
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return addr
-		}
+	a, err := dnstest.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port")
-	return ""
+	return a
 }
 
 func httpGet(addr, path string) int {

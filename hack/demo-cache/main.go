@@ -22,31 +22,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
 
 // Addresses on loopback, chosen free at start: CoreDNS binds with
 // SO_REUSEPORT, so a fixed port could silently be shared with some other
 // server already there.
 var upstreamAddr, cacheAddr, upMetrics, cacheMetrics, cacheHealth string
-
-// freeAddr returns 127.0.0.1:PORT with PORT free for both UDP and TCP; a
-// plain bind fails on a port another process holds, even with SO_REUSEPORT.
-func freeAddr() (string, error) {
-	for i := 0; i < 50; i++ {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		addr := pc.LocalAddr().String()
-		ln, err := net.Listen("tcp", addr)
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return addr, nil
-		}
-	}
-	return "", fmt.Errorf("no free loopback port")
-}
 
 func main() {
 	if err := run(); err != nil {
@@ -119,7 +102,7 @@ func waitDNS(p *proc, addr, name string) error {
 
 func run() error {
 	for _, p := range []*string{&upstreamAddr, &cacheAddr, &upMetrics, &cacheMetrics, &cacheHealth} {
-		a, err := freeAddr()
+		a, err := dnstest.FreeAddr()
 		if err != nil {
 			return err
 		}

@@ -15,14 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	_ "github.com/dnsaccel/dnsaccel/plugin" // directives and plugin set of bin/coredns
+	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
 
 // fakeUpstream is a real DNS server on loopback (UDP and TCP) whose answers
 // depend on the name asked, and which counts what it is asked.
 type fakeUpstream struct {
 	addr   string
-	udp    *dns.Server
-	tcp    *dns.Server
+	srv    *dnstest.Server
 	mu     sync.Mutex
 	counts map[string]int
 	conns  atomic.Int64
@@ -31,37 +31,12 @@ type fakeUpstream struct {
 func startUpstream(t *testing.T) *fakeUpstream {
 	t.Helper()
 	u := &fakeUpstream{counts: map[string]int{}}
-	h := dns.HandlerFunc(u.serve)
-	// The UDP port's TCP twin may be taken by some outgoing connection:
-	// try a few ports.
-	var pc net.PacketConn
-	var ln net.Listener
-	for i := 0; ; i++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if i == 20 {
-			t.Fatal(err)
-		}
-	}
-	u.addr = pc.LocalAddr().String()
-	u.udp = &dns.Server{PacketConn: pc, Handler: h}
-	u.tcp = &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1}
-	go u.udp.ActivateAndServe()
-	go u.tcp.ActivateAndServe()
-	t.Cleanup(u.stop)
+	u.srv = dnstest.NewServer(t, dns.HandlerFunc(u.serve))
+	u.addr = u.srv.Addr
 	return u
 }
 
-func (u *fakeUpstream) stop() {
-	u.udp.Shutdown()
-	u.tcp.Shutdown()
-}
+func (u *fakeUpstream) stop() { u.srv.Stop() }
 
 func (u *fakeUpstream) count(name string) int {
 	u.mu.Lock()
@@ -108,31 +83,15 @@ func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 	w.WriteMsg(m)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	// Bind both UDP and TCP on the same port to be sure it is free for both.
-	for i := 0; i < 20; i++ {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 // startCache runs CoreDNS in-process with the nodecache block given.
 func startCache(t *testing.T, block string) string {
 	t.Helper()
-	port := freePort(t)
-	corefile := fmt.Sprintf(".:%d {\n  bind 127.0.0.1\n  %s\n}\n", port, block)
+	addr, err := dnstest.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	corefile := fmt.Sprintf(".:%s {\n  bind 127.0.0.1\n  %s\n}\n", port, block)
 	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)
@@ -141,7 +100,7 @@ func startCache(t *testing.T, block string) string {
 		inst.Stop()
 		inst.ShutdownCallbacks()
 	})
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	return addr
 }
 
 func ask(t *testing.T, addr, name string, qtype uint16, mutate ...func(*dns.Msg)) *dns.Msg {
