@@ -334,7 +334,7 @@ func (c *NodeCache) maybePrefetch(k key, e *entry, now int64, server string, que
 	if int(n) < c.opts.Prefetch {
 		return
 	}
-	if uint64(e.remaining(now))*100 > uint64(c.opts.PrefetchPct)*uint64(e.ttl) {
+	if left := e.expires - now; left*100 > int64(c.opts.PrefetchPct)*int64(e.ttl)*1e9 {
 		return
 	}
 	if !e.refreshing.CompareAndSwap(false, true) {

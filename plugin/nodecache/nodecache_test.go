@@ -330,3 +330,83 @@ func TestDig(t *testing.T) {
 		t.Fatalf("upstream asked %d times", n)
 	}
 }
+
+func TestPrefetch(t *testing.T) {
+	up := startUpstream(t)
+	// short.* answers have TTL 1: a popular entry is refreshed in the last
+	// 100 ms of its life, before it expires, so no client ever misses.
+	addr := startCache(t, "nodecache "+up.addr+" {\n success 100 60 1\n prefetch 2 1m 10%\n }")
+	ask(t, addr, "short.prefetch.test.", dns.TypeA) // miss
+	before := metric(t, "coredns_nodecache_misses_total")
+	deadline := time.Now().Add(5 * time.Second)
+	for up.count("short.prefetch.test.") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("popular entry not refreshed before expiry: upstream asked %d times", up.count("short.prefetch.test."))
+		}
+		ask(t, addr, "short.prefetch.test.", dns.TypeA)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := metric(t, "coredns_nodecache_misses_total") - before; m != 0 {
+		t.Fatalf("%v misses while prefetch should have kept the entry fresh", m)
+	}
+	// One refresh per entry at a time: a burst of hits does not multiply it.
+	for i := 0; i < 50; i++ {
+		ask(t, addr, "short.prefetch.test.", dns.TypeA)
+	}
+	if n := up.count("short.prefetch.test."); n > 4 {
+		t.Fatalf("upstream asked %d times for one popular name", n)
+	}
+}
+
+// TestUpstreamFaults: an upstream that accepts and never answers, or sends
+// garbage, costs the client a SERVFAIL within the timeout, and the cache
+// keeps working.
+func TestUpstreamFaults(t *testing.T) {
+	tests := []struct {
+		name  string
+		serve func(net.Conn)
+	}{
+		{"hang", func(c net.Conn) {
+			buf := make([]byte, 512)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}},
+		{"garbage", func(c net.Conn) { c.Write([]byte{0, 4, 1, 2, 3, 4, 0xFF, 0xFF, 0xFF}); c.Close() }},
+		{"close mid-stream", func(c net.Conn) { buf := make([]byte, 2); c.Read(buf); c.Close() }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go tc.serve(c)
+				}
+			}()
+			addr := startCache(t, "nodecache "+ln.Addr().String())
+			start := time.Now()
+			m := new(dns.Msg)
+			m.SetQuestion("host1.test.", dns.TypeA)
+			r, _, err := (&dns.Client{Timeout: 8 * time.Second}).Exchange(m, addr)
+			if err != nil {
+				t.Fatalf("no answer at all: %v", err)
+			}
+			if r.Rcode != dns.RcodeServerFailure {
+				t.Fatalf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+			}
+			if d := time.Since(start); d > 6*time.Second {
+				t.Fatalf("SERVFAIL after %v", d)
+			}
+		})
+	}
+}
