@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -24,6 +25,7 @@ func main() {
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
 	fs.StringVar(&cfg.Metrics, "metrics", ":9253", "ADDR serving Prometheus /metrics (empty: off)")
 	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness) and /ready (readiness) (empty: off)")
+	version := fs.Bool("version", false, "print the version and exit")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams are read from")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
@@ -37,6 +39,10 @@ func main() {
 			os.Exit(0)
 		}
 		os.Exit(2)
+	}
+	if *version {
+		fmt.Println(versionString())
+		return
 	}
 	log := newLogger()
 	if !fs.Changed("upstream") && cfg.Conf == "" {
@@ -57,6 +63,23 @@ func main() {
 		log.Error("node-cache failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// versionString names this build and the CoreDNS it embeds.
+func versionString() string {
+	v, core := "devel", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/coredns/coredns" {
+				core = d.Version
+			}
+		}
+		return fmt.Sprintf("node-cache %s (CoreDNS %s, %s)", v, core, bi.GoVersion)
+	}
+	return "node-cache " + v
 }
 
 // newLogger logs JSON unless stderr is a terminal.
