@@ -117,9 +117,13 @@ func newEntry(m *dns.Msg, ttl uint32, isDenial bool, now int64) (*entry, error) 
 	if err != nil {
 		return nil, err
 	}
+	end, err := plainName(b, headerLen)
+	if err != nil {
+		return nil, err
+	}
 	e := &entry{
 		msg:     b,
-		nameLen: len(b) - headerLen, // fixed below
+		nameLen: end - headerLen,
 		ttlOffs: offs,
 		ttls:    make([]uint32, len(offs)),
 		stored:  now,
@@ -128,11 +132,6 @@ func newEntry(m *dns.Msg, ttl uint32, isDenial bool, now int64) (*entry, error) 
 		rcode:   m.Rcode,
 		denial:  isDenial,
 	}
-	end, err := plainName(b, headerLen)
-	if err != nil {
-		return nil, err
-	}
-	e.nameLen = end - headerLen
 	for i, o := range offs {
 		// Every record is served with at most the entry TTL, so a client
 		// never keeps a record longer than this cache would.

@@ -242,7 +242,6 @@ func (w *fastWriter) Close() error        { return nil }
 func (w *fastWriter) TsigStatus() error   { return nil }
 func (w *fastWriter) TsigTimersOnly(bool) {}
 func (w *fastWriter) Hijack()             {}
-func (w *fastWriter) Network() string     { return "udp" }
 
 // serveMiss runs one query the fast path could not answer through the
 // CoreDNS server, as CoreDNS's own UDP loop would.
