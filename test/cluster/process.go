@@ -7,11 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dnsaccel/dnsaccel/test/internal/owner"
 )
 
 // Child processes are started with Pdeathsig=SIGKILL so they die with the
@@ -125,50 +126,11 @@ func (e *portInUseError) Unwrap() error { return e.err }
 const ownerFile = "owner"
 
 func writeOwner(dir string) error {
-	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(selfIdentity()), 0o644)
-}
-
-func selfIdentity() string {
-	return fmt.Sprintf("%d %d\n", os.Getpid(), procStartTime(os.Getpid()))
+	return owner.Write(filepath.Join(dir, ownerFile))
 }
 
 // ownerAlive reports whether the process recorded in dir/owner still runs.
-func ownerAlive(dir string) bool {
-	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return false
-	}
-	pid, err1 := strconv.Atoi(f[0])
-	st, err2 := strconv.ParseUint(f[1], 10, 64)
-	if err1 != nil || err2 != nil || pid <= 0 {
-		return false
-	}
-	return procStartTime(pid) == st
-}
-
-// procStartTime returns field 22 of /proc/<pid>/stat (0 if not running).
-func procStartTime(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); starttime is field 22.
-	if len(f) < 20 {
-		return 0
-	}
-	v, _ := strconv.ParseUint(f[19], 10, 64)
-	return v
-}
+func ownerAlive(dir string) bool { return owner.Alive(filepath.Join(dir, ownerFile)) }
 
 const dataDirPattern = "dnsaccel-cluster-"
 

@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/internal/owner"
 )
 
 // Naming of everything this package creates; Sweep removes leftovers by
@@ -259,11 +260,11 @@ func create(ctx context.Context, o Options) (_ *Pod, retErr error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return nil, err
 	}
-	owner := filepath.Join(stateDir, p.Name)
-	if err := os.WriteFile(owner, []byte(selfIdentity()), 0o644); err != nil {
+	ownerPath := filepath.Join(stateDir, p.Name)
+	if err := owner.Write(ownerPath); err != nil {
 		return nil, err
 	}
-	p.addCleanup(func() error { return rmIfExists(owner) })
+	p.addCleanup(func() error { return rmIfExists(ownerPath) })
 
 	// Network namespace, created with iproute2 so `ip netns` sees it.
 	if out, err := ipNetns("add", p.Name); err != nil {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/internal/owner"
 )
 
 // Check reports whether pods can be created here: root, network namespace
@@ -77,7 +77,7 @@ func Sweep() error {
 	}
 	var errs []error
 	for name := range names {
-		if ownerAlive(filepath.Join(stateDir, name)) {
+		if owner.Alive(filepath.Join(stateDir, name)) {
 			continue
 		}
 		id := strings.TrimPrefix(name, NamePrefix)
@@ -94,48 +94,6 @@ func Sweep() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func selfIdentity() string {
-	return fmt.Sprintf("%d %d\n", os.Getpid(), procStartTime(os.Getpid()))
-}
-
-// ownerAlive reports whether the process recorded in the state file still
-// runs (pid and start time match).
-func ownerAlive(stateFile string) bool {
-	b, err := os.ReadFile(stateFile)
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return false
-	}
-	pid, err1 := strconv.Atoi(f[0])
-	st, err2 := strconv.ParseUint(f[1], 10, 64)
-	if err1 != nil || err2 != nil || pid <= 0 {
-		return false
-	}
-	return procStartTime(pid) == st
-}
-
-// procStartTime returns field 22 of /proc/<pid>/stat (0 if not running).
-func procStartTime(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0
-	}
-	v, _ := strconv.ParseUint(f[19], 10, 64)
-	return v
 }
 
 // linkList lists the host's links. A dump interrupted by concurrent changes
