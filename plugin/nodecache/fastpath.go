@@ -42,11 +42,36 @@ type frontend struct {
 }
 
 var (
-	frontMu    sync.Mutex
-	frontends  = map[string]*frontend{} // by listener address
-	frontBits  uint64                   // bits in use
+	frontMu    sync.Mutex                           // serialises changes to the three below
+	frontends  atomic.Pointer[map[string]*frontend] // by listener address; copy on write, read lock-free per query
+	frontBits  uint64                               // bits in use
 	frontOwner = map[*NodeCache][]*frontend{}
 )
+
+// frontendFor returns the fast path of a listener address, if any.
+func frontendFor(addr string) *frontend {
+	if m := frontends.Load(); m != nil {
+		return (*m)[addr]
+	}
+	return nil
+}
+
+// setFrontend replaces (fe != nil) or removes the fast path of addr;
+// frontMu must be held.
+func setFrontend(addr string, fe *frontend) {
+	next := map[string]*frontend{}
+	if m := frontends.Load(); m != nil {
+		for k, v := range *m {
+			next[k] = v
+		}
+	}
+	if fe == nil {
+		delete(next, addr)
+	} else {
+		next[addr] = fe
+	}
+	frontends.Store(&next)
+}
 
 // installFastPath hooks the server's UDP start: CoreDNS calls
 // UDPDecorateWriterFunc with the *Server when it starts serving a plain DNS
@@ -82,7 +107,7 @@ func startFrontend(s *dnsserver.Server, nc *NodeCache) {
 	}
 	frontMu.Lock()
 	defer frontMu.Unlock()
-	if fe, ok := frontends[addr]; ok && fe.srv != nil {
+	if frontendFor(addr) != nil {
 		return // multisocket: one fast path per address is enough
 	}
 	bit := uint64(0)
@@ -105,7 +130,7 @@ func startFrontend(s *dnsserver.Server, nc *NodeCache) {
 	}
 	fe.stop = stop
 	frontBits |= bit
-	frontends[addr] = fe
+	setFrontend(addr, fe)
 	frontOwner[nc] = append(frontOwner[nc], fe)
 	log.Infof("fast path on for %s", addr)
 }
@@ -116,8 +141,8 @@ func stopFrontends(nc *NodeCache) {
 	list := frontOwner[nc]
 	delete(frontOwner, nc)
 	for _, fe := range list {
-		if frontends[fe.addr] == fe {
-			delete(frontends, fe.addr)
+		if frontendFor(fe.addr) == fe {
+			setFrontend(fe.addr, nil)
 		}
 		frontBits &^= fe.bit
 	}
@@ -137,9 +162,7 @@ func (c *NodeCache) allowFastPath(ctx context.Context, e *entry) {
 	if !ok {
 		return
 	}
-	frontMu.Lock()
-	fe := frontends[trimScheme(s.Address())]
-	frontMu.Unlock()
+	fe := frontendFor(trimScheme(s.Address()))
 	if fe == nil {
 		return
 	}

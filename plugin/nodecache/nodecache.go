@@ -148,16 +148,15 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	k := makeKey(lowerName(lowBuf[:], orig), q.Qtype, q.Qclass, state.Do(), r.CheckingDisabled)
 	a := answer{id: r.Id, rd: r.RecursionDesired, name: orig, hasOPT: r.IsEdns0() != nil, do: state.Do()}
 
+	requests.WithLabelValues(server).Inc()
 	now := c.clock()
 	e := c.lookup(k)
 	if e != nil && e.fresh(now) {
-		requests.WithLabelValues(server).Inc()
 		hits.WithLabelValues(server, cacheType(e)).Inc()
 		c.maybePrefetch(k, e, now, server, func() *dns.Msg { return r })
 		c.allowFastPath(ctx, e)
 		return c.write(w, e, &a, now)
 	}
-	requests.WithLabelValues(server).Inc()
 	misses.WithLabelValues(server).Inc()
 
 	stale := c.usableStale(e, now)
