@@ -13,6 +13,7 @@ import (
 	_ "github.com/coredns/coredns/core/plugin"
 
 	// This project's plugins.
+	_ "github.com/dnsaccel/dnsaccel/plugin/k8s_autopath"
 	_ "github.com/dnsaccel/dnsaccel/plugin/nodecache"
 )
 

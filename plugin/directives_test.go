@@ -27,6 +27,7 @@ func TestOrder(t *testing.T) {
 	pos := func(n string) int { return slices.Index(Directives, n) }
 	for _, c := range []struct{ before, after string }{
 		{"cache", "nodecache"}, {"hosts", "nodecache"}, {"nodecache", "forward"}, {"log", "nodecache"},
+		{"k8s_autopath", "nodecache"}, {"k8s_autopath", "kubernetes"}, {"k8s_autopath", "cache"}, {"autopath", "k8s_autopath"},
 	} {
 		if pos(c.before) < 0 || pos(c.after) < 0 || pos(c.before) > pos(c.after) {
 			t.Errorf("%s must run before %s", c.before, c.after)

@@ -34,7 +34,7 @@ func TestBinary(t *testing.T) {
 	}
 	for _, p := range []string{"errors", "log", "debug", "health", "ready", "prometheus", "reload", "bind", "acl", "any",
 		"cache", "forward", "kubernetes", "k8s_external", "file", "hosts", "template", "rewrite", "loop", "loadbalance",
-		"autopath", "whoami", "metadata", "nodecache"} {
+		"autopath", "whoami", "metadata", "nodecache", "k8s_autopath"} {
 		if !strings.Contains(string(out)+"\n", "dns."+p+"\n") {
 			t.Errorf("-plugins does not list dns.%s", p)
 		}

@@ -27,7 +27,7 @@ import (
 // The fast path never decides routing itself. An entry becomes servable on
 // a listener only after the plugin chain has served that very question on
 // that listener through a nodecache block with nothing in front that could
-// change the answer (see chainIsTransparent). So zones, blocks and plugin
+// change the answer (see chainIsTransparent and FastPathFilter). So zones, blocks and plugin
 // order keep their CoreDNS meaning.
 
 // frontend is the fast path of one UDP listener address.
@@ -154,7 +154,7 @@ func stopFrontends(nc *NodeCache) {
 
 // allowFastPath records, after the chain served e on this listener, that
 // the fast path of the listener may serve e itself.
-func (c *NodeCache) allowFastPath(ctx context.Context, e *entry) {
+func (c *NodeCache) allowFastPath(ctx context.Context, e *entry, q *dns.Question) {
 	if !c.fastSafe {
 		return
 	}
@@ -167,9 +167,15 @@ func (c *NodeCache) allowFastPath(ctx context.Context, e *entry) {
 		return
 	}
 	fe.addCache(c)
-	if e.fastOn.Load()&fe.bit == 0 {
-		e.fastOn.Or(fe.bit)
+	if e.fastOn.Load()&fe.bit != 0 {
+		return
 	}
+	for _, f := range c.fastFilters {
+		if !f.FastPathOK(q.Name, q.Qtype, e.rcode) {
+			return
+		}
+	}
+	e.fastOn.Or(fe.bit)
 }
 
 func trimScheme(addr string) string {

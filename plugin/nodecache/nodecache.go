@@ -75,7 +75,8 @@ type NodeCache struct {
 
 	// fastSafe is true when nothing before nodecache in its server block can
 	// change an answer, so the fast path may answer for the block.
-	fastSafe bool
+	fastSafe    bool
+	fastFilters []FastPathFilter // plugins in front that pass some answers only
 
 	bg     sync.WaitGroup // prefetch and background refreshes
 	ctx    context.Context
@@ -154,7 +155,7 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	if e != nil && e.fresh(now) {
 		hits.WithLabelValues(server, cacheType(e)).Inc()
 		c.maybePrefetch(k, e, now, server, func() *dns.Msg { return r })
-		c.allowFastPath(ctx, e)
+		c.allowFastPath(ctx, e, &q)
 		return c.write(w, e, &a, now)
 	}
 	misses.WithLabelValues(server).Inc()
@@ -175,7 +176,7 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		return dns.RcodeServerFailure, plugin.Error(pluginName, res.err)
 	}
 	if res.e != nil {
-		c.allowFastPath(ctx, res.e)
+		c.allowFastPath(ctx, res.e, &q)
 		return c.write(w, res.e, &a, c.clock())
 	}
 	m := res.msg.Copy()

@@ -27,7 +27,7 @@ func setup(c *caddy.Controller) error {
 		if err := nc.Start(); err != nil {
 			return plugin.Error(pluginName, err)
 		}
-		nc.fastSafe = chainIsTransparent(cfg)
+		nc.fastSafe, nc.fastFilters = chainIsTransparent(cfg)
 		return nil
 	})
 	c.OnShutdown(nc.Stop)
@@ -230,27 +230,45 @@ func positiveDuration(s string) (time.Duration, error) {
 
 // transparentPlugins can run before nodecache without changing any answer,
 // so a cache hit may skip them. Anything else in front of nodecache (log,
-// rewrite, acl, autopath...) sends every query through the full chain.
+// rewrite, acl, autopath...) sends every query through the full chain,
+// unless it implements FastPathFilter.
 var transparentPlugins = map[string]bool{
 	"errors": true, "debug": true, "prometheus": true, "cancel": true,
 	"loop": true, "metadata": true, "trace": true, pluginName: true,
 }
 
-func chainIsTransparent(cfg *dnsserver.Config) bool {
+// FastPathFilter is implemented by a plugin that runs before nodecache and
+// changes the answers to some questions only (k8s_autopath does: it
+// rewrites NXDOMAIN answers for names under a namespace's search domain).
+// The fast path answers a cached question without running the chain only
+// if every such plugin in front of nodecache reports that it would pass
+// the cached answer through unchanged, whoever the client is.
+type FastPathFilter interface {
+	FastPathOK(qname string, qtype uint16, rcode int) bool
+}
+
+// chainIsTransparent reports whether the fast path may answer for cfg's
+// block, and which filters it must consult per cached question.
+func chainIsTransparent(cfg *dnsserver.Config) (bool, []FastPathFilter) {
 	if len(cfg.FilterFuncs) > 0 || cfg.ViewName != "" {
-		return false // routing depends on the client: never skip the server's mux
+		return false, nil // routing depends on the client: never skip the server's mux
 	}
 	order := map[string]int{}
 	for i, d := range dnsserver.Directives {
 		order[d] = i
 	}
 	me := order[pluginName]
+	var filters []FastPathFilter
 	for _, h := range cfg.Handlers() {
 		i, ok := order[h.Name()]
 		if !ok || i >= me || transparentPlugins[h.Name()] {
 			continue
 		}
-		return false
+		f, ok := h.(FastPathFilter)
+		if !ok {
+			return false, nil
+		}
+		filters = append(filters, f)
 	}
-	return true
+	return true, filters
 }
