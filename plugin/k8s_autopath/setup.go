@@ -63,8 +63,11 @@ func setup(c *caddy.Controller) error {
 //	    node NAME
 //	    search DOMAIN...
 //	}
-func parse(c *caddy.Controller) (Config, error) {
-	cfg := Config{Zone: "cluster.local.", ResolvConf: "/etc/resolv.conf"}
+func parse(c *caddy.Controller) (Config, error) { return parseWith(c, "/etc/resolv.conf") }
+
+// parseWith is parse with the resolv.conf that supplies the default search.
+func parseWith(c *caddy.Controller, resolvConf string) (Config, error) {
+	cfg := Config{Zone: "cluster.local.", ResolvConf: resolvConf}
 	seen := false
 	for c.Next() {
 		if seen {
