@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,88 +18,6 @@ import (
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
-
-// world is an authoritative server standing in for the cluster zone (as
-// central CoreDNS would answer it) and for the outside world. It counts
-// the questions it is asked.
-type world struct {
-	mu      sync.Mutex
-	records map[string][]string // lower-case name -> RRs in presentation format ("" for an existing name without data)
-	fail    map[string]bool     // names answered with SERVFAIL
-	asked   map[string]int      // "name type"
-	addr    string
-}
-
-func startWorld(t *testing.T) *world {
-	w := &world{records: map[string][]string{}, fail: map[string]bool{}, asked: map[string]int{}}
-	w.addr = dnstest.NewServer(t, w).Addr
-	return w
-}
-
-func (w *world) add(rrs ...string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range rrs {
-		f := strings.Fields(s)
-		name := strings.ToLower(f[0])
-		if len(f) == 1 {
-			w.records[name] = append(w.records[name], "")
-			continue
-		}
-		w.records[name] = append(w.records[name], s)
-	}
-}
-
-func (w *world) count(name string, qtype uint16) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.asked[strings.ToLower(name)+" "+dns.TypeToString[qtype]]
-}
-
-func (w *world) total() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, c := range w.asked {
-		n += c
-	}
-	return n
-}
-
-func (w *world) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
-	q := r.Question[0]
-	name := strings.ToLower(q.Name)
-	w.mu.Lock()
-	w.asked[name+" "+dns.TypeToString[q.Qtype]]++
-	rrs, exists := w.records[name]
-	fail := w.fail[name]
-	w.mu.Unlock()
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
-	soa, _ := dns.NewRR("example. 60 IN SOA ns.example. admin.example. 1 3600 600 86400 30")
-	switch {
-	case fail:
-		m.Rcode = dns.RcodeServerFailure
-	case !exists:
-		m.Rcode = dns.RcodeNameError
-		m.Ns = append(m.Ns, soa)
-	default:
-		for _, s := range rrs {
-			if s == "" {
-				continue
-			}
-			rr, err := dns.NewRR(s)
-			if err == nil && rr.Header().Rrtype == q.Qtype {
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-		if len(m.Answer) == 0 {
-			m.Ns = append(m.Ns, soa)
-		}
-	}
-	rw.WriteMsg(m)
-}
 
 // startNodeCache runs CoreDNS in-process as bin/node-cache configures it
 // in Kubernetes mode: the cluster zone with k8s_autopath in front of the
@@ -177,8 +94,8 @@ func TestAutopath(t *testing.T) {
 	c.MustCreatePod(t, cluster.PodOptions{Namespace: nsA, Name: "custom", PodIPs: []string{podCustom.String()},
 		DNSConfig: &corev1.PodDNSConfig{Searches: []string{"corp.example"}}})
 
-	w := startWorld(t)
-	w.add(
+	w := dnstest.NewZone(t)
+	w.Add(t, 
 		"web."+nsA+".svc.cluster.local. 30 IN A 10.96.0.5",
 		"api."+nsB+".svc.cluster.local. 30 IN A 10.96.0.6",
 		"www.example.com. 60 IN A 192.0.2.10", "www.example.com. 60 IN AAAA 2001:db8::10",
@@ -186,8 +103,8 @@ func TestAutopath(t *testing.T) {
 		"intranet.corp.example. 60 IN A 192.0.2.12",
 		"flaky.cluster.local. 60 IN A 192.0.2.13",
 	)
-	w.fail["flaky.svc.cluster.local."] = true
-	server := startNodeCache(t, c.Kubeconfig, w.addr)
+	w.Fail("flaky.svc.cluster.local.")
+	server := startNodeCache(t, c.Kubeconfig, w.Addr)
 	suffix := "." + nsA + ".svc.cluster.local."
 
 	// Wait until the index has the pods: a pod's external lookup is expanded.
@@ -247,17 +164,17 @@ func TestAutopath(t *testing.T) {
 
 	// A client that goes on with its own search after a final NXDOMAIN is
 	// answered from the cache: the world is not asked again.
-	before := w.total()
+	before := w.Total()
 	for _, name := range []string{"nowhere.svc.cluster.local.", "nowhere.cluster.local.", "nowhere.corp.example.", "nowhere."} {
 		if r := askFrom(t, server, podA, name, dns.TypeA); r.Rcode != dns.RcodeNameError {
 			t.Errorf("%s: %s, want NXDOMAIN", name, dns.RcodeToString[r.Rcode])
 		}
 	}
-	if n := w.total(); n != before {
+	if n := w.Total(); n != before {
 		t.Errorf("the client's own search walk reached the upstream %d times; want every step from cache", n-before)
 	}
 	// Each candidate was asked once, however often the pod asked.
-	if n := w.count("www.example.com.", dns.TypeA); n != 1 {
+	if n := w.Count("www.example.com.", dns.TypeA); n != 1 {
 		t.Errorf("www.example.com. A asked upstream %d times, want 1", n)
 	}
 }
@@ -270,9 +187,9 @@ func TestFastPathKeepsAutopath(t *testing.T) {
 	ns := c.CreateNamespace(t, "apf-")
 	pod, stranger := netip.MustParseAddr("127.0.11.1"), netip.MustParseAddr("127.0.11.2")
 	c.MustCreatePod(t, cluster.PodOptions{Namespace: ns, Name: "client", PodIPs: []string{pod.String()}})
-	w := startWorld(t)
-	w.add("www.example.com. 60 IN A 192.0.2.10")
-	server := startNodeCache(t, c.Kubeconfig, w.addr)
+	w := dnstest.NewZone(t)
+	w.Add(t, "www.example.com. 60 IN A 192.0.2.10")
+	server := startNodeCache(t, c.Kubeconfig, w.Addr)
 	qname := "www.example.com." + ns + ".svc.cluster.local."
 
 	deadline := time.Now().Add(20 * time.Second)
@@ -307,14 +224,14 @@ users: [{name: u, user: {token: x}}]
 contexts: [{name: c, context: {cluster: dead, user: u}}]
 current-context: c
 `, dead)), 0o600)
-	w := startWorld(t)
-	w.add("www.example.com. 60 IN A 192.0.2.10")
-	server := startNodeCache(t, kc, w.addr)
+	w := dnstest.NewZone(t)
+	w.Add(t, "www.example.com. 60 IN A 192.0.2.10")
+	server := startNodeCache(t, kc, w.Addr)
 	r := askFrom(t, server, netip.MustParseAddr("127.0.0.1"), "www.example.com.default.svc.cluster.local.", dns.TypeA)
 	if r.Rcode != dns.RcodeNameError {
 		t.Fatalf("unsynced index: got %s %q, want the literal NXDOMAIN", dns.RcodeToString[r.Rcode], answerText(r))
 	}
-	if n := w.count("www.example.com.", dns.TypeA); n != 0 {
+	if n := w.Count("www.example.com.", dns.TypeA); n != 0 {
 		t.Errorf("candidates were resolved (%d) although the index never synced", n)
 	}
 }
@@ -328,8 +245,8 @@ func TestCentralMode(t *testing.T) {
 	c.MustCreatePod(t, cluster.PodOptions{Namespace: nsA, Name: "client", NodeName: "some-node", PodIPs: []string{pod.String()}})
 	web := c.MustCreateService(t, cluster.ServiceOptions{Namespace: nsA, Name: "web"})
 	api := c.MustCreateService(t, cluster.ServiceOptions{Namespace: nsB, Name: "api"})
-	w := startWorld(t)
-	w.add("www.example.com. 60 IN A 192.0.2.10")
+	w := dnstest.NewZone(t)
+	w.Add(t, "www.example.com. 60 IN A 192.0.2.10")
 
 	addr, err := dnstest.FreeAddr()
 	if err != nil {
@@ -347,7 +264,7 @@ func TestCentralMode(t *testing.T) {
     }
     forward . %[3]s
 }
-`, port, c.Kubeconfig, w.addr)
+`, port, c.Kubeconfig, w.Addr)
 	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)

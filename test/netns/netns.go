@@ -112,6 +112,9 @@ type Options struct {
 	NodeName string // default cluster.DefaultNodeName
 	NodeIP   string // status.hostIP; default HostIP
 	Labels   map[string]string
+	// DNSConfig goes into the registered Pod's spec. It does not change
+	// resolv.conf: set Searches/ResolvOptions to match it.
+	DNSConfig *corev1.PodDNSConfig
 }
 
 // Pod is a network namespace set up like a Kubernetes pod.
@@ -418,6 +421,7 @@ func (p *Pod) register(ctx context.Context, o Options) error {
 		NodeName:  o.NodeName,
 		PodIPs:    ips,
 		HostIP:    nodeIP,
+		DNSConfig: o.DNSConfig,
 	})
 	if err != nil {
 		return err
