@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"regexp"
 	"sync/atomic"
 	"time"
@@ -35,13 +34,9 @@ var prometheusDirective = regexp.MustCompile(`(?m)^\s*prometheus(\s|$)`)
 // Run starts CoreDNS and the HTTP endpoints and serves until ctx ends, then
 // shuts down gracefully.
 func (a *Agent) Run(ctx context.Context) error {
-	corefile, name := a.cfg.Corefile(), "generated"
-	if a.cfg.Conf != "" {
-		b, err := os.ReadFile(a.cfg.Conf)
-		if err != nil {
-			return fmt.Errorf("--conf: %w", err)
-		}
-		corefile, name = string(b), a.cfg.Conf
+	corefile, name, err := a.cfg.Source()
+	if err != nil {
+		return err
 	}
 
 	var servers []*http.Server
@@ -87,7 +82,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("start CoreDNS with the %s Corefile: %w", name, err)
 	}
 	a.ready.Store(true)
-	a.log.Info("serving", "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health)
+	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health)
 
 	<-ctx.Done()
 	a.ready.Store(false)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
 
@@ -80,9 +81,8 @@ func TestBinary(t *testing.T) {
 	listen, metrics, health := freeAddr(t), freeAddr(t), freeAddr(t)
 
 	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--listen", listen, "--upstream", upAddr, "--metrics", metrics, "--health", health)
+	cmd := command(bin, "--listen", listen, "--upstream", upAddr, "--metrics", metrics, "--health", health)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -126,16 +126,30 @@ func TestBinary(t *testing.T) {
 
 func TestBinaryRejectsBadFlags(t *testing.T) {
 	bin := buildBinary(t)
-	out, err := exec.Command(bin, "--listen", "127.0.0.1:53", "--upstream", "127.0.0.1:53").CombinedOutput()
+	out, err := command(bin, "--listen", "127.0.0.1:53", "--upstream", "127.0.0.1:53").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "itself") {
 		t.Fatalf("want exit 2 naming the loop, got %v: %s", err, out)
 	}
-	out, _ = exec.Command(bin, "--help").CombinedOutput()
-	for _, f := range []string{"--listen", "--upstream", "--conf", "--metrics", "--health"} {
+	out, _ = command(bin, "--help").CombinedOutput()
+	for _, f := range []string{"--listen", "--upstream", "--conf", "--metrics", "--health", "--resolv-conf",
+		"--kubeconfig", "--node-name", "--cluster-domain", "--cluster-upstream", "--print-config"} {
 		if !strings.Contains(string(out), f) {
 			t.Errorf("--help does not explain %s", f)
 		}
 	}
+}
+
+// command runs bin/node-cache outside any cluster it might find around it:
+// a test run inside a pod must not switch the binary to Kubernetes mode.
+func command(bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KUBERNETES_SERVICE_") && !strings.HasPrefix(kv, "NODE_NAME=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 var (
@@ -165,7 +179,7 @@ func buildBinary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := cluster.Run(m) // the Kubernetes-mode tests share one API server
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}

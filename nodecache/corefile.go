@@ -12,6 +12,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+
+	"github.com/miekg/dns"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Config is what the agent runs with; cmd/node-cache fills it from flags.
@@ -21,6 +25,46 @@ type Config struct {
 	Conf      string   // a Corefile that replaces the generated one
 	Metrics   string   // ADDR of /metrics
 	Health    string   // ADDR of /health and /ready
+
+	// Kubernetes mode (Kube.Enabled) splits the generated Corefile as
+	// node-local-dns does: the cluster domain and the reverse zones go to
+	// the cluster DNS with k8s_autopath in front of the cache, the rest to
+	// Upstreams.
+	Kube             Kube
+	NodeName         string   // k8s_autopath indexes only this node's pods; "" = all
+	ClusterDomain    string   // the cluster's DNS domain, e.g. cluster.local
+	ClusterUpstreams []string // ADDR:PORT of the cluster DNS
+	// ClusterUpstreamsFrom says where ClusterUpstreams came from (the flag
+	// or a Service), for the start-up log and errors.
+	ClusterUpstreamsFrom string
+	// Search are the node's search domains for k8s_autopath; nil leaves
+	// its default, the search line of this process's /etc/resolv.conf.
+	Search []string
+}
+
+// Mode names how the Corefile is made, for logs.
+func (c *Config) Mode() string {
+	switch {
+	case c.Conf != "":
+		return "conf"
+	case c.Kube.Enabled():
+		return "kubernetes"
+	}
+	return "standalone"
+}
+
+// LogAttrs describe the configuration for the start-up log: the mode and,
+// in Kubernetes mode, the cluster upstreams and where they came from.
+func (c *Config) LogAttrs() []any {
+	attrs := []any{"mode", c.Mode()}
+	switch c.Mode() {
+	case "conf":
+		return append(attrs, "conf", c.Conf)
+	case "kubernetes":
+		attrs = append(attrs, "api", c.Kube.String(), "node", c.NodeName, "cluster-domain", c.ClusterDomain,
+			"cluster-upstreams", c.ClusterUpstreams, "cluster-upstreams-from", c.ClusterUpstreamsFrom)
+	}
+	return append(attrs, "listen", c.Listen, "upstreams", c.Upstreams)
 }
 
 // Validate checks the configuration, naming the field at fault.
@@ -31,81 +75,286 @@ func (c *Config) Validate() error {
 		}
 		return nil
 	}
+	listen, err := c.validateListen()
+	if err != nil {
+		return err
+	}
+	if len(c.Upstreams) == 0 {
+		return fmt.Errorf("--upstream: none given and none found in /etc/resolv.conf")
+	}
+	if err := validateUpstreams("--upstream", "", c.Upstreams, listen); err != nil {
+		return err
+	}
+	if !c.Kube.Enabled() {
+		if len(c.ClusterUpstreams) > 0 {
+			// Ignoring it would quietly send cluster names to the node's resolvers.
+			return fmt.Errorf("--cluster-upstream: only used in Kubernetes mode (--kubeconfig, or running in a pod)")
+		}
+		return nil
+	}
+	return c.validateKubernetes(listen)
+}
+
+// validateListen returns the listen addresses as a set.
+func (c *Config) validateListen() (map[netip.AddrPort]bool, error) {
 	if len(c.Listen) == 0 {
-		return fmt.Errorf("--listen: at least one address is required")
+		return nil, fmt.Errorf("--listen: at least one address is required")
 	}
 	listen := map[netip.AddrPort]bool{}
 	for _, l := range c.Listen {
 		ap, err := netip.ParseAddrPort(l)
 		if err != nil {
-			return fmt.Errorf("--listen %q: want IP:PORT: %v", l, err)
+			return nil, fmt.Errorf("--listen %q: want IP:PORT: %v", l, err)
 		}
 		if ap.Addr().IsUnspecified() {
-			return fmt.Errorf("--listen %q: an explicit address is required, not a wildcard", l)
+			return nil, fmt.Errorf("--listen %q: an explicit address is required, not a wildcard", l)
 		}
 		listen[ap] = true
 	}
-	if len(c.Upstreams) == 0 {
-		return fmt.Errorf("--upstream: none given and none found in /etc/resolv.conf")
+	return listen, nil
+}
+
+// validateUpstreams checks that upstreams are IP:PORT and that none is a
+// listen address; from, if not the flag, says where they came from.
+func validateUpstreams(flag, from string, ups []string, listen map[netip.AddrPort]bool) error {
+	if from != "" && from != flag {
+		from = " (from " + from + ")"
+	} else {
+		from = ""
 	}
-	for _, u := range c.Upstreams {
+	for _, u := range ups {
 		ap, err := netip.ParseAddrPort(u)
 		if err != nil {
-			return fmt.Errorf("--upstream %q: want IP:PORT: %v", u, err)
+			return fmt.Errorf("%s %q%s: want IP:PORT: %v", flag, u, from, err)
 		}
 		if listen[ap] {
-			return fmt.Errorf("--upstream %s is also a --listen address: the cache would forward to itself", u)
+			return fmt.Errorf("%s %s%s is also a --listen address: the cache would forward to itself", flag, u, from)
 		}
 	}
 	return nil
 }
 
+func (c *Config) validateKubernetes(listen map[netip.AddrPort]bool) error {
+	if err := validateClusterDomain(c.ClusterDomain); err != nil {
+		return err
+	}
+	if len(c.ClusterUpstreams) == 0 {
+		return fmt.Errorf("--cluster-upstream: none given and none found in the API")
+	}
+	if err := validateUpstreams("--cluster-upstream", c.ClusterUpstreamsFrom, c.ClusterUpstreams, listen); err != nil {
+		return err
+	}
+	if k := c.Kube.Kubeconfig; k != "" {
+		if strings.ContainsAny(k, "\"\\") || strings.ContainsFunc(k, unicode.IsControl) {
+			// The path goes into the Corefile, which cannot carry these.
+			return fmt.Errorf("--kubeconfig %q: quotes, backslashes and control characters are not supported", k)
+		}
+		if _, err := os.Stat(k); err != nil {
+			return fmt.Errorf("--kubeconfig: %w", err)
+		}
+	}
+	if c.NodeName != "" {
+		if errs := validation.IsDNS1123Subdomain(c.NodeName); len(errs) > 0 {
+			return fmt.Errorf("--node-name %q: not a node name: %s", c.NodeName, strings.Join(errs, "; "))
+		}
+	}
+	for _, d := range c.Search {
+		if z := zoneName(d); z == "" || !isDomainName(z) {
+			return fmt.Errorf("--resolv-conf: search domain %q is not a domain name", d)
+		}
+	}
+	return nil
+}
+
+// reverseZones are served by the cluster DNS like the cluster domain: it
+// answers PTR for Service and Pod IPs (node-local-dns does the same).
+var reverseZones = []string{"in-addr.arpa", "ip6.arpa"}
+
+func validateClusterDomain(d string) error {
+	z := zoneName(d)
+	if z == "" || !isDomainName(z) {
+		return fmt.Errorf("--cluster-domain %q: not a domain name", d)
+	}
+	for _, r := range reverseZones {
+		if z == r {
+			return fmt.Errorf("--cluster-domain %q: a reverse zone, already sent to the cluster DNS", d)
+		}
+	}
+	return nil
+}
+
+// isDomainName accepts the names a cluster or search domain has in
+// practice; characters the Corefile gives meaning to (space, #, {, :, /...)
+// are refused rather than quoted.
+func isDomainName(s string) bool {
+	_, ok := dns.IsDomainName(s)
+	return ok && !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	})
+}
+
+// zoneName is a domain as written in the Corefile: lower case, no final dot.
+func zoneName(d string) string { return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".") }
+
 // ResolvConfUpstreams returns the nameservers of a resolv.conf as IP:53.
 func ResolvConfUpstreams(path string) ([]string, error) {
+	ns, _, err := readResolvConf(path)
+	return ns, err
+}
+
+// ResolvConfSearch returns the search domains of a resolv.conf: on a node,
+// what the kubelet appends to every ClusterFirst pod's search list.
+func ResolvConfSearch(path string) ([]string, error) {
+	_, search, err := readResolvConf(path)
+	return search, err
+}
+
+func readResolvConf(path string) (nameservers, search []string, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
-	var out []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "nameserver" {
+		if len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "nameserver":
 			if ip, err := netip.ParseAddr(fields[1]); err == nil {
-				out = append(out, netip.AddrPortFrom(ip.WithZone(""), 53).String())
+				nameservers = append(nameservers, netip.AddrPortFrom(ip.WithZone(""), 53).String())
 			}
+		case "search", "domain": // the last one wins, as in glibc
+			search = fields[1:]
 		}
 	}
-	return out, sc.Err()
+	return nameservers, search, sc.Err()
+}
+
+// Source returns the Corefile the agent runs and its name for messages:
+// the --conf file, or the generated one.
+func (c *Config) Source() (corefile, name string, err error) {
+	if c.Conf == "" {
+		return c.Corefile(), "generated", nil
+	}
+	b, err := os.ReadFile(c.Conf)
+	if err != nil {
+		return "", "", fmt.Errorf("--conf: %w", err)
+	}
+	return string(b), c.Conf, nil
+}
+
+// block is one server block of the generated Corefile, repeated per port.
+type block struct {
+	zones     []string
+	autopath  bool // k8s_autopath in front of the cache
+	upstreams []string
+}
+
+// blocks are the server blocks of every port: one for everything, or in
+// Kubernetes mode the cluster zones apart from the rest. CoreDNS routes a
+// query to the block of its longest matching zone, so "." gets the rest.
+func (c *Config) blocks() []block {
+	rest := block{zones: []string{"."}, upstreams: c.Upstreams}
+	if !c.Kube.Enabled() {
+		return []block{rest}
+	}
+	cluster := block{
+		zones:     append([]string{zoneName(c.ClusterDomain)}, reverseZones...),
+		autopath:  true,
+		upstreams: c.ClusterUpstreams,
+	}
+	return []block{cluster, rest}
 }
 
 // Corefile renders the configuration CoreDNS runs when no --conf is given:
-// one server block per listening port, bound to exactly the listen
-// addresses, with the cache forwarding to the upstreams.
+// per listening port the blocks of blocks(), each bound to exactly that
+// port's listen addresses (CoreDNS serves a port's zones on one listener
+// per address, so every block of a port binds the same ones).
 func (c *Config) Corefile() string {
+	var b strings.Builder
+	for _, p := range c.ports() {
+		for _, blk := range c.blocks() {
+			c.writeBlock(&b, p.port, p.binds, blk)
+		}
+	}
+	return b.String()
+}
+
+// listenPort is a listening port and its addresses, in --listen order.
+type listenPort struct {
+	port  int
+	binds []string
+}
+
+// ports groups the listen addresses by port, in port order.
+func (c *Config) ports() []listenPort {
 	byPort := map[int][]string{}
 	for _, l := range c.Listen {
 		host, port, _ := net.SplitHostPort(l)
 		p, _ := strconv.Atoi(port)
 		byPort[p] = append(byPort[p], host)
 	}
-	ports := make([]int, 0, len(byPort))
-	for p := range byPort {
-		ports = append(ports, p)
+	out := make([]listenPort, 0, len(byPort))
+	for p, binds := range byPort {
+		out = append(out, listenPort{p, binds})
 	}
-	sort.Ints(ports)
-	var b strings.Builder
-	for _, p := range ports {
-		fmt.Fprintf(&b, ".:%d {\n", p)
-		fmt.Fprintf(&b, "    bind %s\n", strings.Join(byPort[p], " "))
-		b.WriteString("    errors\n")
-		if c.Metrics != "" {
-			fmt.Fprintf(&b, "    prometheus %s\n", c.Metrics)
-		}
-		fmt.Fprintf(&b, "    nodecache %s {\n", strings.Join(c.Upstreams, " "))
-		b.WriteString("        success 9984\n        denial 9984 30\n        prefetch 10 1m 10%\n        serve_stale 1h\n")
-		b.WriteString("    }\n}\n")
+	sort.Slice(out, func(i, j int) bool { return out[i].port < out[j].port })
+	return out
+}
+
+func (c *Config) writeBlock(b *strings.Builder, port int, binds []string, blk block) {
+	keys := make([]string, len(blk.zones))
+	for i, z := range blk.zones {
+		keys[i] = fmt.Sprintf("%s:%d", z, port)
 	}
-	return b.String()
+	fmt.Fprintf(b, "%s {\n", strings.Join(keys, " "))
+	fmt.Fprintf(b, "    bind %s\n", strings.Join(binds, " "))
+	b.WriteString("    errors\n")
+	if c.Metrics != "" {
+		fmt.Fprintf(b, "    prometheus %s\n", c.Metrics)
+	}
+	if blk.autopath {
+		c.writeAutopath(b)
+	}
+	fmt.Fprintf(b, "    nodecache %s {\n", strings.Join(blk.upstreams, " "))
+	b.WriteString("        success 9984\n        denial 9984 30\n        prefetch 10 1m 10%\n        serve_stale 1h\n")
+	b.WriteString("    }\n}\n")
+}
+
+// writeAutopath writes k8s_autopath for the cluster domain, with only the
+// options that differ from its defaults.
+func (c *Config) writeAutopath(b *strings.Builder) {
+	var opts []string
+	if k := c.Kube.Kubeconfig; k != "" {
+		opts = append(opts, "kubeconfig "+corefileToken(k))
+	}
+	if c.NodeName != "" {
+		opts = append(opts, "node "+c.NodeName)
+	}
+	if c.Search != nil {
+		opts = append(opts, strings.TrimSpace("search "+strings.Join(c.Search, " ")))
+	}
+	fmt.Fprintf(b, "    k8s_autopath %s", zoneName(c.ClusterDomain))
+	if len(opts) == 0 {
+		b.WriteString("\n")
+		return
+	}
+	b.WriteString(" {\n")
+	for _, o := range opts {
+		fmt.Fprintf(b, "        %s\n", o)
+	}
+	b.WriteString("    }\n")
+}
+
+// corefileToken quotes s if the Corefile lexer would otherwise split it or
+// read part of it as a comment or brace. Validate rejects what quoting
+// cannot carry (quotes, backslashes).
+func corefileToken(s string) string {
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || strings.ContainsRune("#{}", r) }) {
+		return s
+	}
+	return `"` + s + `"`
 }

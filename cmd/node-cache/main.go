@@ -21,16 +21,24 @@ func main() {
 	var cfg nodecache.Config
 	fs := pflag.NewFlagSet("node-cache", pflag.ContinueOnError)
 	fs.StringArrayVar(&cfg.Listen, "listen", []string{"127.0.0.1:53"}, "IP:PORT the cache answers DNS on (UDP and TCP); repeatable")
-	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to, over TCP; repeatable (default: the nameservers of /etc/resolv.conf)")
+	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to (in Kubernetes mode: those outside the cluster zones), over TCP; repeatable (default: the nameservers of --resolv-conf)")
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
 	fs.StringVar(&cfg.Metrics, "metrics", ":9253", "ADDR serving Prometheus /metrics (empty: off)")
 	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness) and /ready (readiness) (empty: off)")
 	version := fs.Bool("version", false, "print the version and exit")
-	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams are read from")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams and the node's search domains are read from")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (default: the in-cluster service account when running in a pod); with either, node-cache runs in Kubernetes mode")
+	fs.StringVar(&cfg.NodeName, "node-name", "", "this node's name: k8s_autopath indexes only the pods scheduled here (default: $NODE_NAME; empty: every pod)")
+	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "Kubernetes mode: the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --cluster-upstream, with k8s_autopath")
+	fs.StringArrayVar(&cfg.ClusterUpstreams, "cluster-upstream", nil, "Kubernetes mode: IP:PORT of the cluster DNS, over TCP; repeatable (default: the ClusterIP(s) of Service kube-system/kube-dns-upstream, else kube-system/kube-dns, looked up at start)")
+	printConfig := fs.Bool("print-config", false, "print the Corefile node-cache would run (after defaults and the Service lookup) and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
 			"A node-local DNS cache: answers pods' queries on the node, forwards misses to the\n"+
 			"upstreams over pipelined TCP, and answers cache hits on a UDP fast path.\n\n"+
+			"With --kubeconfig (or in a pod with a service account) it runs in Kubernetes mode:\n"+
+			"the cluster domain and reverse zones go to the cluster DNS, everything else to the\n"+
+			"node's resolvers, and k8s_autopath expands pods' search paths server-side.\n\n"+
 			"  node-cache --listen 127.0.0.1:5301 --upstream 127.0.0.1:5300\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -45,17 +53,33 @@ func main() {
 		return
 	}
 	log := newLogger()
-	if !fs.Changed("upstream") && cfg.Conf == "" {
-		ups, err := nodecache.ResolvConfUpstreams(*resolvConf)
-		if err != nil {
-			log.Error("reading default upstreams", "resolv-conf", *resolvConf, "err", err)
+	cfg.Kube = nodecache.DetectKube(*kubeconfig)
+	if !fs.Changed("node-name") {
+		cfg.NodeName = os.Getenv("NODE_NAME") // the downward API's spec.nodeName
+	}
+	if cfg.Conf == "" {
+		if err := resolvConfDefaults(&cfg, *resolvConf, fs.Changed("upstream"), fs.Changed("resolv-conf")); err != nil {
+			log.Error("reading defaults", "resolv-conf", *resolvConf, "err", err)
 			os.Exit(2)
 		}
-		cfg.Upstreams = ups
+	}
+	if err := cfg.ResolveClusterUpstreams(context.Background()); err != nil {
+		log.Error("Kubernetes mode", "err", err)
+		os.Exit(2)
 	}
 	if err := cfg.Validate(); err != nil {
 		log.Error("invalid configuration", "err", err)
 		os.Exit(2)
+	}
+	log.Info("configuration", cfg.LogAttrs()...)
+	if *printConfig {
+		corefile, _, err := cfg.Source()
+		if err != nil {
+			log.Error("reading the Corefile", "err", err)
+			os.Exit(2)
+		}
+		fmt.Print(corefile)
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -63,6 +87,27 @@ func main() {
 		log.Error("node-cache failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// resolvConfDefaults takes from the node's resolv.conf what the flags left
+// out: the upstreams and, in Kubernetes mode with --resolv-conf given, the
+// search domains (without it k8s_autopath reads /etc/resolv.conf itself).
+func resolvConfDefaults(cfg *nodecache.Config, path string, upstreamGiven, pathGiven bool) error {
+	if !upstreamGiven {
+		ups, err := nodecache.ResolvConfUpstreams(path)
+		if err != nil {
+			return err
+		}
+		cfg.Upstreams = ups
+	}
+	if cfg.Kube.Enabled() && pathGiven {
+		search, err := nodecache.ResolvConfSearch(path)
+		if err != nil {
+			return err
+		}
+		cfg.Search = append([]string{}, search...) // non-nil: "none" is an answer too
+	}
+	return nil
 }
 
 // versionString names this build and the CoreDNS it embeds.

@@ -95,7 +95,7 @@ func TestAutopath(t *testing.T) {
 		DNSConfig: &corev1.PodDNSConfig{Searches: []string{"corp.example"}}})
 
 	w := dnstest.NewZone(t)
-	w.Add(t, 
+	w.Add(t,
 		"web."+nsA+".svc.cluster.local. 30 IN A 10.96.0.5",
 		"api."+nsB+".svc.cluster.local. 30 IN A 10.96.0.6",
 		"www.example.com. 60 IN A 192.0.2.10", "www.example.com. 60 IN AAAA 2001:db8::10",
