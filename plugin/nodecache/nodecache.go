@@ -251,7 +251,15 @@ type result struct {
 // resolve asks the upstreams once per key however many clients ask at the
 // same time, and caches what may be cached.
 func (c *NodeCache) resolve(ctx context.Context, k key, r *dns.Msg) result {
-	res, shared := c.flights.do(k, func() result { return c.fetch(k, r, metrics.WithServer(ctx)) }, ctx.Done())
+	res, shared := c.flights.do(k, func() result {
+		// The client missed the cache, but a flight for k may have landed
+		// since: its answer is cached, and asking upstream again would
+		// break coalescing.
+		if e := c.lookup(k); e != nil && e.fresh(c.clock()) {
+			return result{e: e}
+		}
+		return c.fetch(k, r, metrics.WithServer(ctx))
+	}, ctx.Done())
 	if shared {
 		coalesced.WithLabelValues(metrics.WithServer(ctx)).Inc()
 	}
