@@ -28,8 +28,9 @@ test: deps build kube lint
 demo: deps build
 	$(GO) run ./hack/demo-cache
 
-bench: deps build
+bench: deps build kube
 	$(GO) run ./test/bench/dnsbench -out docs/benchmarks.md
+	$(GO) run ./test/bench/autopathbench -out docs/benchmarks.md
 
 generate:
 	$(GO) generate ./...

@@ -178,13 +178,17 @@ func coreBusy(cpu int) (time.Duration, error) {
 }
 
 // rssPeak returns VmHWM (peak resident set size) of pid in bytes.
-func rssPeak(pid int) int64 {
+func rssPeak(pid int) int64 { return procStatusBytes(pid, "VmHWM:") }
+
+// procStatusBytes returns a "kB" field of /proc/PID/status (such as VmHWM:
+// or VmRSS:) in bytes, 0 if it cannot be read.
+func procStatusBytes(pid int, key string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
+		if strings.HasPrefix(l, key) {
 			f := strings.Fields(l)
 			if len(f) >= 2 {
 				kb, _ := strconv.ParseInt(f[1], 10, 64)

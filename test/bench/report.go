@@ -268,14 +268,22 @@ func (rep *Report) Markdown(plotRel string) string {
 // UpdateDoc replaces the DNS-cache section of the markdown file at path
 // (creating the file, or appending the section, when needed).
 func UpdateDoc(path, section string) error {
+	return UpdateSection(path, SectionStart, SectionEnd, section)
+}
+
+// UpdateSection replaces the text between the start and end markers (both
+// included; section must begin with start and end with end) in the markdown
+// file at path, creating the file or appending the section when needed. The
+// other benchmark programs use it for their own sections.
+func UpdateSection(path, start, end, section string) error {
 	old, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	doc := string(old)
 	var out string
-	i := strings.Index(doc, SectionStart)
-	j := strings.Index(doc, SectionEnd)
+	i := strings.Index(doc, start)
+	j := strings.Index(doc, end)
 	switch {
 	case len(doc) == 0:
 		out = "# Benchmarks\n\n" +
@@ -283,9 +291,9 @@ func UpdateDoc(path, section string) error {
 			"`<!-- bench:NAME:start -->` / `<!-- bench:NAME:end -->` markers; a program only\n" +
 			"rewrites its own section.\n\n" + section
 	case i >= 0 && j > i:
-		out = doc[:i] + strings.TrimSuffix(section, "\n") + doc[j+len(SectionEnd):]
+		out = doc[:i] + strings.TrimSuffix(section, "\n") + doc[j+len(end):]
 	case i >= 0 || j >= 0:
-		return fmt.Errorf("%s: unbalanced %s / %s markers", path, SectionStart, SectionEnd)
+		return fmt.Errorf("%s: unbalanced %s / %s markers", path, start, end)
 	default:
 		out = strings.TrimRight(doc, "\n") + "\n\n" + section
 	}
