@@ -22,15 +22,26 @@ import (
 // keeps nothing else: every Pod is transformed into a podRecord on arrival
 // and the API object dropped. CoreDNS's `pods verified` keeps name,
 // namespace, IP and labels of every pod plus an informer store of them;
-// this keeps IPs, an interned namespace and two flags.
+// this keeps IPs, an interned namespace, a timestamp and two flags.
 
 // podRecord is all autopath keeps of a Pod.
+// The first IP is inline: most pods have one, and a slice per pod would
+// cost a header and an allocation each.
 type podRecord struct {
-	ns, name      string
-	ips           []netip.Addr
-	created       int64 // unix seconds; the newer pod wins a shared IP
+	ns            string // interned: one copy per namespace
+	ip            netip.Addr
+	moreIPs       []netip.Addr // dual-stack
+	created       int64        // unix seconds; the newer pod wins a shared IP
 	running       bool
 	defaultSearch bool // ClusterFirst, no custom searches or ndots
+}
+
+// forEachIP calls f for every IP of the pod.
+func (r *podRecord) forEachIP(f func(netip.Addr)) {
+	f(r.ip)
+	for _, ip := range r.moreIPs {
+		f(ip)
+	}
 }
 
 // PodInfo is what a lookup returns.
@@ -155,8 +166,8 @@ func (x *Index) transform(obj any) (*podRecord, string, error) {
 		}
 		return &podRecord{
 			ns:            o.Namespace, // interned by add
-			name:          o.Name,
-			ips:           ips,
+			ip:            ips[0],
+			moreIPs:       extraIPs(ips),
 			created:       o.CreationTimestamp.Unix(),
 			running:       o.Status.Phase == corev1.PodRunning,
 			defaultSearch: DefaultSearchPath(&o.Spec),
@@ -166,6 +177,13 @@ func (x *Index) transform(obj any) (*podRecord, string, error) {
 	default:
 		return nil, "", fmt.Errorf("k8s_autopath: unexpected object %T in pod watch", obj)
 	}
+}
+
+func extraIPs(ips []netip.Addr) []netip.Addr {
+	if len(ips) < 2 {
+		return nil
+	}
+	return append([]netip.Addr(nil), ips[1:]...)
 }
 
 // DefaultSearchPath reports whether the kubelet gives a pod with this spec
@@ -261,9 +279,7 @@ func (x *Index) add(key string, rec *podRecord) {
 		x.names[rec.ns] = rec.ns
 	}
 	x.byKey[key] = rec
-	for _, ip := range rec.ips {
-		x.byIP[ip] = append(x.byIP[ip], rec)
-	}
+	rec.forEachIP(func(ip netip.Addr) { x.byIP[ip] = append(x.byIP[ip], rec) })
 }
 
 // remove forgets the pod stored under key; mu must be held.
@@ -273,7 +289,7 @@ func (x *Index) remove(key string) {
 		return
 	}
 	delete(x.byKey, key)
-	for _, ip := range old.ips {
+	old.forEachIP(func(ip netip.Addr) {
 		recs := x.byIP[ip]
 		for i, r := range recs {
 			if r == old {
@@ -286,7 +302,7 @@ func (x *Index) remove(key string) {
 		} else {
 			x.byIP[ip] = recs
 		}
-	}
+	})
 }
 
 func (x *Index) changed() {
