@@ -20,37 +20,6 @@ import (
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
 
-func TestValidate(t *testing.T) {
-	tests := []struct {
-		name string
-		cfg  Config
-		want string // substring of the error; "" = valid
-	}{
-		{"ok", Config{Listen: []string{"127.0.0.1:5301"}, Upstreams: []string{"127.0.0.1:5300"}}, ""},
-		{"no listen", Config{Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
-		{"bad listen", Config{Listen: []string{"localhost:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
-		{"wildcard", Config{Listen: []string{"0.0.0.0:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "wildcard"},
-		{"no upstream", Config{Listen: []string{"127.0.0.1:53"}}, "--upstream"},
-		{"bad upstream", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"10.0.0.1"}}, "--upstream"},
-		{"loop", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"127.0.0.1:53"}}, "itself"},
-		{"missing conf", Config{Conf: "/nonexistent/Corefile"}, "--conf"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
-			}
-		})
-	}
-}
-
 func TestResolvConfUpstreams(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "resolv.conf")
 	os.WriteFile(p, []byte("# c\nsearch a.b\nnameserver 192.0.2.1\nnameserver fd00::53\nnameserver bogus\noptions ndots:5\n"), 0o644)

@@ -139,7 +139,8 @@ func containsToken(toks []caddyfile.Token, s string) bool {
 	return false
 }
 
-func TestValidateKubernetes(t *testing.T) {
+// TestValidate: standalone configurations, then Kubernetes mode's.
+func TestValidate(t *testing.T) {
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\n"), 0o600)
 	ok := func(mut func(*Config)) Config {
@@ -156,7 +157,15 @@ func TestValidateKubernetes(t *testing.T) {
 		cfg  Config
 		want string // substring of the error; "" = valid
 	}{
-		{"ok", ok(nil), ""},
+		{"ok", Config{Listen: []string{"127.0.0.1:5301"}, Upstreams: []string{"127.0.0.1:5300"}}, ""},
+		{"no listen", Config{Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
+		{"bad listen", Config{Listen: []string{"localhost:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "--listen"},
+		{"wildcard", Config{Listen: []string{"0.0.0.0:53"}, Upstreams: []string{"127.0.0.1:5300"}}, "wildcard"},
+		{"no upstream", Config{Listen: []string{"127.0.0.1:53"}}, "--upstream"},
+		{"bad upstream", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"10.0.0.1"}}, "--upstream"},
+		{"loop", Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"127.0.0.1:53"}}, "itself"},
+		{"missing conf", Config{Conf: "/nonexistent/Corefile"}, "--conf"},
+		{"ok kubernetes", ok(nil), ""},
 		{"in-cluster, no node", ok(func(c *Config) { c.Kube, c.NodeName = Kube{InCluster: true}, "" }), ""},
 		{"no cluster upstream", ok(func(c *Config) { c.ClusterUpstreams = nil }), "--cluster-upstream"},
 		{"cluster upstream without port", ok(func(c *Config) { c.ClusterUpstreams = []string{"10.96.0.10"} }), "--cluster-upstream"},
