@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 )
 
 // Exported helpers for the other whole-system benchmarks under test/bench
@@ -85,3 +88,16 @@ func MachineInfo(ctx context.Context) Machine { return machineInfo(ctx) }
 
 // LookPath finds an executable in $PATH or the sbin directories.
 func LookPath(name string) (string, error) { return lookPath(name) }
+
+// WriteJSON writes v as indented JSON to path, creating its directory: the
+// machine-readable copy of a benchmark's results.
+func WriteJSON(path string, v any) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -358,14 +358,7 @@ func (rep *Report) WriteOutputs() error {
 		}
 	}
 	if cfg.JSON != "" {
-		if err := os.MkdirAll(filepath.Dir(cfg.JSON), 0o755); err != nil {
-			return err
-		}
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(cfg.JSON, append(b, '\n'), 0o644); err != nil {
+		if err := WriteJSON(cfg.JSON, rep); err != nil {
 			return err
 		}
 	}

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -343,14 +340,7 @@ func (rep *Report) WriteOutputs() error {
 		}
 	}
 	if cfg.JSON != "" {
-		if err := os.MkdirAll(filepath.Dir(cfg.JSON), 0o755); err != nil {
-			return err
-		}
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(cfg.JSON, append(b, '\n'), 0o644); err != nil {
+		if err := bench.WriteJSON(cfg.JSON, rep); err != nil {
 			return err
 		}
 	}
