@@ -1,0 +1,349 @@
+// Package kcache loads and drives dnsaccel's in-kernel DNS cache
+// (bpf/kcache.c): a tc program on pods' interfaces that answers UDP queries
+// to the node cache's address from a map of hot answers, in place, without
+// waking user space. It knows nothing of CoreDNS: node-cache decides what
+// goes into the map (Put, Delete) and which interfaces carry the program
+// (Attach, Detach).
+//
+// The map is private to the process that loaded it and the attachments are
+// not pinned: when node-cache exits, crashes or is killed, the kernel drops
+// both, and every query goes to user space again. A restarted node-cache
+// starts from an empty kernel cache, consistent with its own.
+package kcache
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Limits of what an entry can hold, from bpf/kcache.h.
+const (
+	MaxName = 128 // wire-format question name, root label included
+	MaxData = 512 // record bytes after the question
+	MaxTTLs = 32  // TTL fields aged per entry
+)
+
+// Options configure the kernel cache.
+type Options struct {
+	// Addrs are the node cache's addresses: only queries to them (and
+	// Port) are answered.
+	Addrs []netip.Addr
+	// Port is the cache's DNS port (default 53).
+	Port uint16
+	// EDNSSize is the UDP payload size the cache advertises in the OPT
+	// record of its answers to EDNS0 queries (default 1232).
+	EDNSSize uint16
+	// MaxResponse is the largest response, in bytes, answered from the
+	// kernel (default and most 512 + header, question and OPT).
+	MaxResponse int
+	// MaxEntries bounds the kernel map (default 4096); the kernel evicts
+	// the least recently used entry when it is full.
+	MaxEntries uint32
+}
+
+// Key is a question as the user-space cache keys it.
+type Key struct {
+	Name  []byte // lower-cased wire-format name
+	Qtype uint16
+	DO    bool // the query's EDNS0 DO bit
+	CD    bool // the query's CD bit
+}
+
+// Entry is an answer as the user-space cache renders it.
+type Entry struct {
+	Flags      uint16 // header flags word; RD is taken from each query
+	Ancount    uint16
+	Nscount    uint16
+	Arcount    uint16   // without an OPT record
+	Data       []byte   // the records after the question
+	TTLOffsets []uint16 // offsets of the TTL fields in Data
+	TTLs       []uint32 // their values at age 0
+	// Age is how long ago the TTLs were current; Remaining is how much
+	// longer the entry may be served.
+	Age, Remaining time.Duration
+}
+
+// ErrTooLarge is returned by Put for an entry the kernel cannot hold.
+var ErrTooLarge = errors.New("entry too large for the kernel cache")
+
+// Stats are the program's counters, summed over CPUs.
+type Stats struct {
+	Hits    uint64 // queries answered in the kernel
+	Misses  uint64 // answerable queries not in the map
+	Expired uint64 // answerable queries whose entry had expired
+	Passed  uint64 // queries to the cache the kernel does not answer (TCP, EDNS options, too large, malformed)
+	Errors  uint64 // helper failures while answering (the query went on, or was dropped if half rewritten)
+}
+
+// Cache is the loaded program and its maps.
+type Cache struct {
+	objs    kcacheObjects
+	maxResp int
+
+	mu    sync.Mutex
+	links map[attachPoint]detacher
+}
+
+type attachPoint struct {
+	ifindex int
+	egress  bool
+}
+
+type detacher interface{ Close() error }
+
+// Open loads the program and configures it.
+func Open(opts Options) (*Cache, error) {
+	if len(opts.Addrs) == 0 {
+		return nil, errors.New("kernel cache: no address to answer on")
+	}
+	if opts.Port == 0 {
+		opts.Port = 53
+	}
+	if opts.EDNSSize == 0 {
+		opts.EDNSSize = 1232
+	}
+	if opts.MaxEntries == 0 {
+		opts.MaxEntries = 4096
+	}
+	if opts.MaxResponse == 0 {
+		opts.MaxResponse = 512
+	}
+	spec, err := loadKcache()
+	if err != nil {
+		return nil, fmt.Errorf("kernel cache: load spec: %w", err)
+	}
+	spec.Maps["dnsa_kc_cache"].MaxEntries = opts.MaxEntries
+	c := &Cache{maxResp: opts.MaxResponse, links: map[attachPoint]detacher{}}
+	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("kernel cache: the verifier rejected the program: %+v", ve)
+		}
+		return nil, fmt.Errorf("kernel cache: load (needs BPF and CAP_BPF/CAP_NET_ADMIN): %w", err)
+	}
+	for _, a := range opts.Addrs {
+		var k kcacheDnsaKcAddr
+		k.Addr = a.Unmap().As16()
+		if err := c.objs.DnsaKcAddrs.Put(k, uint8(1)); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("kernel cache: address %s: %w", a, err)
+		}
+	}
+	cfg := kcacheDnsaKcConfig{Port: opts.Port, EdnsSize: opts.EDNSSize, MaxResp: uint16(min(opts.MaxResponse, 0xffff))}
+	if err := c.objs.DnsaKcCfg.Put(uint32(0), cfg); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("kernel cache: config: %w", err)
+	}
+	return c, nil
+}
+
+// Close detaches the program everywhere and releases it and its maps.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	var errs []error
+	for ap, l := range c.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach from interface %d: %w", ap.ifindex, err))
+		}
+		delete(c.links, ap)
+	}
+	c.mu.Unlock()
+	errs = append(errs, c.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Attach puts the program on an interface: on its ingress for the host end
+// of a pod's veth (answers leave through the same device), on its egress for
+// an interface inside the pod (answers come back in on it). It prefers tcx
+// and falls back to a clsact qdisc on kernels without it.
+func (c *Cache) Attach(ifindex int, egress bool) error {
+	ap := attachPoint{ifindex, egress}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.links[ap]; ok {
+		return nil
+	}
+	prog, attach := c.objs.KcIngress, ebpf.AttachTCXIngress
+	if egress {
+		prog, attach = c.objs.KcEgress, ebpf.AttachTCXEgress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach, Anchor: link.Head()})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		var f *clsactFilter
+		f, err = attachClsact(ifindex, egress, prog)
+		if err == nil {
+			c.links[ap] = f
+			return nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("kernel cache: attach to interface %d: %w", ifindex, err)
+	}
+	c.links[ap] = l
+	return nil
+}
+
+// Detach removes the program from an interface; detaching where it is not
+// attached is not an error (the interface may be gone already).
+func (c *Cache) Detach(ifindex int, egress bool) error {
+	ap := attachPoint{ifindex, egress}
+	c.mu.Lock()
+	l, ok := c.links[ap]
+	delete(c.links, ap)
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := l.Close(); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("kernel cache: detach from interface %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// Attached lists the interfaces (by index) the program is on.
+func (c *Cache) Attached() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int, 0, len(c.links))
+	for ap := range c.links {
+		out = append(out, ap.ifindex)
+	}
+	return out
+}
+
+// Fits reports whether an answer of that many bytes (header, question and
+// records, without OPT) may be answered from the kernel.
+func (c *Cache) Fits(key Key, e *Entry) bool {
+	return len(key.Name) <= MaxName && len(e.Data) <= MaxData && len(e.TTLOffsets) <= MaxTTLs &&
+		12+len(key.Name)+4+len(e.Data)+11 <= c.maxResp
+}
+
+// Put stores or replaces the answer for key.
+func (c *Cache) Put(key Key, e *Entry) error {
+	if !c.Fits(key, e) || len(e.TTLOffsets) != len(e.TTLs) {
+		return ErrTooLarge
+	}
+	for _, o := range e.TTLOffsets {
+		if int(o)+4 > len(e.Data) {
+			return fmt.Errorf("kernel cache: TTL offset %d outside %d bytes of records", o, len(e.Data))
+		}
+	}
+	k := kernelKey(key)
+	now := monotonic()
+	v := kcacheDnsaKcEntry{
+		StoredNs:  uint64(max(0, now-int64(e.Age))),
+		ExpiresNs: uint64(now + int64(e.Remaining)),
+		Flags:     e.Flags,
+		Ancount:   e.Ancount,
+		Nscount:   e.Nscount,
+		Arcount:   e.Arcount,
+		DataLen:   uint16(len(e.Data)),
+		TtlCount:  uint16(len(e.TTLOffsets)),
+	}
+	copy(v.TtlOff[:], e.TTLOffsets)
+	copy(v.Ttl[:], e.TTLs)
+	copy(v.Data[:], e.Data)
+	if err := c.objs.DnsaKcCache.Put(k, &v); err != nil {
+		return fmt.Errorf("kernel cache: put: %w", err)
+	}
+	return nil
+}
+
+// Delete removes the answer for key; a missing key is not an error.
+func (c *Cache) Delete(key Key) error {
+	if len(key.Name) > MaxName {
+		return nil
+	}
+	k := kernelKey(key)
+	if err := c.objs.DnsaKcCache.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("kernel cache: delete: %w", err)
+	}
+	return nil
+}
+
+// Len counts the entries in the kernel map (expired ones included).
+func (c *Cache) Len() int {
+	var k kcacheDnsaKcKey
+	var v kcacheDnsaKcEntry
+	n := 0
+	it := c.objs.DnsaKcCache.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+// Stats sums the per-CPU counters.
+func (c *Cache) Stats() (Stats, error) {
+	var s Stats
+	dst := []*uint64{&s.Hits, &s.Misses, &s.Expired, &s.Passed, &s.Errors}
+	for i, d := range dst {
+		var per []uint64
+		if err := c.objs.DnsaKcStats.Lookup(uint32(i), &per); err != nil {
+			return s, fmt.Errorf("kernel cache: stats: %w", err)
+		}
+		for _, n := range per {
+			*d += n
+		}
+	}
+	return s, nil
+}
+
+func kernelKey(key Key) kcacheDnsaKcKey {
+	k := kcacheDnsaKcKey{Qtype: key.Qtype, NameLen: uint8(len(key.Name))}
+	copy(k.Name[:], key.Name)
+	if key.DO {
+		k.Flags |= 1
+	}
+	if key.CD {
+		k.Flags |= 2
+	}
+	return k
+}
+
+// monotonic is CLOCK_MONOTONIC in nanoseconds, the clock of
+// bpf_ktime_get_ns.
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// clsactFilter is a direct-action bpf filter on a clsact qdisc, for kernels
+// without tcx (before 6.6).
+type clsactFilter struct{ f *netlink.BpfFilter }
+
+func attachClsact(ifindex int, egress bool, prog *ebpf.Program) (*clsactFilter, error) {
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	parent := uint32(netlink.HANDLE_MIN_INGRESS)
+	if egress {
+		parent = netlink.HANDLE_MIN_EGRESS
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex, Parent: parent, Handle: 0xd45,
+			Protocol: unix.ETH_P_ALL, Priority: 1,
+		},
+		Fd: prog.FD(), Name: "dnsaccel-kcache", DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		return nil, fmt.Errorf("add bpf filter: %w", err)
+	}
+	return &clsactFilter{f: f}, nil
+}
+
+func (c *clsactFilter) Close() error { return netlink.FilterDel(c.f) }
