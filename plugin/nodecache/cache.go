@@ -57,7 +57,9 @@ type store struct {
 	mask   uint64
 }
 
-func newStore(capacity int) *store {
+// newStore returns a store of that capacity; dropped (if not nil) learns of
+// every entry evicted or removed.
+func newStore(capacity int, dropped func(*stored)) *store {
 	n := 1
 	for n < 16 && capacity/(n*2) >= 256 {
 		n *= 2
@@ -65,7 +67,11 @@ func newStore(capacity int) *store {
 	s := &store{shards: make([]*lru.Cache[uint64, *stored], n), mask: uint64(n - 1)}
 	per := (capacity + n - 1) / n
 	for i := range s.shards {
-		s.shards[i], _ = lru.New[uint64, *stored](max(per, 1))
+		if dropped != nil {
+			s.shards[i], _ = lru.NewWithEvict(max(per, 1), func(_ uint64, v *stored) { dropped(v) })
+		} else {
+			s.shards[i], _ = lru.New[uint64, *stored](max(per, 1))
+		}
 	}
 	return s
 }
@@ -74,6 +80,15 @@ func (s *store) shard(h uint64) *lru.Cache[uint64, *stored] { return s.shards[h&
 
 func (s *store) get(k key) *entry {
 	v, ok := s.shard(k.hash).Get(k.hash)
+	if !ok || !v.matches(k) {
+		return nil
+	}
+	return v.e
+}
+
+// peek is get without marking the entry used.
+func (s *store) peek(k key) *entry {
+	v, ok := s.shard(k.hash).Peek(k.hash)
 	if !ok || !v.matches(k) {
 		return nil
 	}

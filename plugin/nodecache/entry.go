@@ -27,6 +27,8 @@ type entry struct {
 	lastHit    atomic.Int64
 	refreshing atomic.Bool   // one prefetch per entry at a time
 	fastOn     atomic.Uint64 // bit per fast-path listener that may serve this entry
+	served     atomic.Uint32 // hits counted towards offloading (see noteHot)
+	offloaded  atomic.Bool   // offered to the offload, which may be answering it
 }
 
 var errUncacheable = errors.New("response is not cacheable")

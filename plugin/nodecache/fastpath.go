@@ -215,6 +215,7 @@ func (fe *frontend) answerFromCache(dst, pkt []byte, now int64) []byte {
 			continue
 		}
 		c.notePopularRaw(k, &q, e, now)
+		c.noteHot(k, e, now)
 		limit := int(q.udpSize)
 		a := answer{id: q.id, rd: q.flags&flagRD != 0, name: q.name, hasOPT: q.hasOPT, do: q.do, limit: limit}
 		return e.render(dst, &a, now)

@@ -94,8 +94,8 @@ func monoNow() int64 { return int64(time.Since(monoBase)) }
 func New(opts Options) *NodeCache {
 	c := &NodeCache{
 		opts:    opts,
-		success: newStore(opts.SuccessCap),
-		denial:  newStore(opts.DenialCap),
+		success: newStore(opts.SuccessCap, dropped),
+		denial:  newStore(opts.DenialCap, dropped),
 		clock:   monoNow,
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -156,6 +156,7 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		hits.WithLabelValues(server, cacheType(e)).Inc()
 		c.maybePrefetch(k, e, now, server, func() *dns.Msg { return r })
 		c.allowFastPath(ctx, e, &q)
+		c.noteHot(k, e, now)
 		return c.write(w, e, &a, now)
 	}
 	misses.WithLabelValues(server).Inc()
@@ -316,9 +317,16 @@ func (c *NodeCache) store(k key, resp *dns.Msg, server string) result {
 	if prev := other.get(k); prev != nil {
 		other.remove(k, prev)
 	}
+	old := in.peek(k)
+	if old != nil && old.rcode == e.rcode {
+		// Same question, same kind of answer: the listeners that could
+		// serve the old one on their fast path can serve this one.
+		e.fastOn.Store(old.fastOn.Load())
+	}
 	if in.add(k, e) {
 		evictions.WithLabelValues(cacheType(e)).Inc()
 	}
+	c.replaced(k, old, e)
 	entries.WithLabelValues(server, "success").Set(float64(c.success.len()))
 	entries.WithLabelValues(server, "denial").Set(float64(c.denial.len()))
 	return result{e: e}
