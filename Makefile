@@ -5,7 +5,7 @@ BINARIES := coredns node-cache
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build test demo bench generate lint clean deps kube
+.PHONY: all build test demo bench generate lint clean deps kube images
 
 all: build
 
@@ -31,7 +31,11 @@ demo: deps build
 bench: deps build kube
 	$(GO) run ./test/bench/dnsbench -out docs/benchmarks.md
 	$(GO) run ./test/bench/autopathbench -out docs/benchmarks.md
+	$(GO) run ./test/bench/steerbench -out docs/benchmarks.md
 
+# bpf2go (pinned in go.mod as a tool) with Debian's clang; the datapath
+# package's TestGeneratedUpToDate (part of `make test`) fails when the
+# committed output is stale.
 generate:
 	$(GO) generate ./...
 
@@ -39,6 +43,20 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '_bpfe[lb]\.go$$')); \
 	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+
+# Container images (build/Dockerfile, a stage per binary), where a Docker
+# engine runs.
+IMAGE_PREFIX ?= dnsaccel
+IMAGE_TAG ?= dev
+images:
+	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+		echo "make images: no Docker engine on this machine (docker info fails); build/Dockerfile builds each binary's image where one runs:"; \
+		echo "  docker build -f build/Dockerfile --target node-cache -t $(IMAGE_PREFIX)/node-cache:$(IMAGE_TAG) ."; \
+		exit 0; \
+	fi; \
+	for b in $(BINARIES); do \
+		docker build -f build/Dockerfile --target $$b -t $(IMAGE_PREFIX)/$$b:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean:
 	rm -rf bin

@@ -9,14 +9,17 @@ import (
 	"net/http"
 	"regexp"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	// The plugin set and order of bin/coredns.
 	_ "github.com/dnsaccel/dnsaccel/plugin"
+	"github.com/dnsaccel/dnsaccel/plugin/nodecache/upstream"
 )
 
 // Agent runs the node cache.
@@ -24,6 +27,7 @@ type Agent struct {
 	cfg   Config
 	log   *slog.Logger
 	ready atomic.Bool
+	steer *steering // nil: not steering
 }
 
 // New returns an agent for a validated configuration.
@@ -33,10 +37,32 @@ var prometheusDirective = regexp.MustCompile(`(?m)^\s*prometheus(\s|$)`)
 
 // Run starts CoreDNS and the HTTP endpoints and serves until ctx ends, then
 // shuts down gracefully.
+//
+// With steering, it first puts the local IPs on the interface and attaches
+// (or adopts from a predecessor) the eBPF programs, then starts CoreDNS on
+// the local IPs (SO_REUSEPORT, so beside a predecessor still serving), and
+// only then starts the heartbeat that makes the kernel steer. When ctx ends
+// it stops the heartbeat and keeps serving until a successor beats or the
+// heartbeat has expired (pods then use the cluster DNS), and only then stops
+// CoreDNS. Addresses and pins stay for the successor; --cleanup removes them.
 func (a *Agent) Run(ctx context.Context) error {
 	corefile, name, err := a.cfg.Source()
 	if err != nil {
 		return err
+	}
+	if a.cfg.Steer.Enabled() {
+		// Before CoreDNS dials anything: upstream sockets skip steering.
+		upstream.SetSocketMark(a.cfg.Steer.UpstreamMark)
+		st, err := startSteering(a.cfg.Steer, a.log)
+		if err != nil {
+			return fmt.Errorf("steering (--steer=false runs the cache without it): %w", err)
+		}
+		a.steer = st
+		current.Store(st)
+		defer func() {
+			current.CompareAndSwap(st, nil)
+			st.close()
+		}()
 	}
 
 	var servers []*http.Server
@@ -52,6 +78,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	health.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "starting or stopping", http.StatusServiceUnavailable)
+			return
+		}
+		if a.steer != nil && !a.steer.dp.Fresh() {
+			http.Error(w, "steering heartbeat stale", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "OK")
@@ -81,12 +111,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start CoreDNS with the %s Corefile: %w", name, err)
 	}
+	if a.steer != nil {
+		a.steer.beat(ctx)
+	}
 	a.ready.Store(true)
-	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health)
+	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil)
 
 	<-ctx.Done()
 	a.ready.Store(false)
 	a.log.Info("shutting down")
+	if a.steer != nil {
+		a.steer.handover()
+	}
 	if err := inst.Stop(); err != nil {
 		return fmt.Errorf("stop CoreDNS: %w", err)
 	}
@@ -95,7 +131,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) serveHTTP(what, addr string, h http.Handler) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	// SO_REUSEPORT: a successor binds the same port while this one drains.
+	lc := net.ListenConfig{Control: reusePort}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--%s %s: %w", what, addr, err)
 	}
@@ -106,4 +144,14 @@ func (a *Agent) serveHTTP(what, addr string, h http.Handler) (*http.Server, erro
 		}
 	}()
 	return s, nil
+}
+
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
 }

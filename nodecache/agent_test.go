@@ -16,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )
@@ -149,6 +150,7 @@ func buildBinary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := cluster.Run(m) // the Kubernetes-mode tests share one API server
+	steertest.RemoveBinaries()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}

@@ -46,7 +46,7 @@ func TestAutopathFromPods(t *testing.T) {
 	os.WriteFile(resolv, []byte("nameserver 192.0.2.53\nsearch "+nodeDomain+"\n"), 0o644)
 	listen := []string{pod.HostIP.String() + ":53", custom.HostIP.String() + ":53"}
 	health, metrics := freeAddr(t), freeAddr(t)
-	args := []string{"--kubeconfig", c.Kubeconfig, "--node-name", node,
+	args := []string{"--steer=false", "--kubeconfig", c.Kubeconfig, "--node-name", node,
 		"--cluster-upstream", world.Addr, "--upstream", world.Addr, "--resolv-conf", resolv,
 		"--health", health, "--metrics", metrics}
 	for _, l := range listen {

@@ -40,6 +40,9 @@ type Config struct {
 	// Search are the node's search domains for k8s_autopath; nil leaves
 	// its default, the search line of this process's /etc/resolv.conf.
 	Search []string
+
+	// Steer is the eBPF steering of the cluster DNS VIP to the cache.
+	Steer Steer
 }
 
 // Mode names how the Corefile is made, for logs.
@@ -64,11 +67,18 @@ func (c *Config) LogAttrs() []any {
 		attrs = append(attrs, "api", c.Kube.String(), "node", c.NodeName, "cluster-domain", c.ClusterDomain,
 			"cluster-upstreams", c.ClusterUpstreams, "cluster-upstreams-from", c.ClusterUpstreamsFrom)
 	}
-	return append(attrs, "listen", c.Listen, "upstreams", c.Upstreams)
+	attrs = append(attrs, "listen", c.listenAddrs(), "upstreams", c.Upstreams, "steer", c.Steer.Enabled())
+	if c.Steer.Enabled() {
+		attrs = append(attrs, "cluster-dns", c.Steer.ClusterDNS, "cluster-dns-from", c.Steer.ClusterDNSFrom, "local-ip", c.Steer.LocalIPs)
+	}
+	return attrs
 }
 
 // Validate checks the configuration, naming the field at fault.
 func (c *Config) Validate() error {
+	if err := c.validateSteer(); err != nil {
+		return err
+	}
 	if c.Conf != "" {
 		if _, err := os.Stat(c.Conf); err != nil {
 			return fmt.Errorf("--conf: %w", err)
@@ -97,11 +107,11 @@ func (c *Config) Validate() error {
 
 // validateListen returns the listen addresses as a set.
 func (c *Config) validateListen() (map[netip.AddrPort]bool, error) {
-	if len(c.Listen) == 0 {
+	if len(c.listenAddrs()) == 0 {
 		return nil, fmt.Errorf("--listen: at least one address is required")
 	}
 	listen := map[netip.AddrPort]bool{}
-	for _, l := range c.Listen {
+	for _, l := range c.listenAddrs() {
 		ap, err := netip.ParseAddrPort(l)
 		if err != nil {
 			return nil, fmt.Errorf("--listen %q: want IP:PORT: %v", l, err)
@@ -243,7 +253,11 @@ func (c *Config) Source() (corefile, name string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("--conf: %w", err)
 	}
-	return string(b), c.Conf, nil
+	corefile, err = c.fillPillars(string(b))
+	if err != nil {
+		return "", "", err
+	}
+	return corefile, c.Conf, nil
 }
 
 // block is one server block of the generated Corefile, repeated per port.
@@ -292,7 +306,7 @@ type listenPort struct {
 // ports groups the listen addresses by port, in port order.
 func (c *Config) ports() []listenPort {
 	byPort := map[int][]string{}
-	for _, l := range c.Listen {
+	for _, l := range c.listenAddrs() {
 		host, port, _ := net.SplitHostPort(l)
 		p, _ := strconv.Atoi(port)
 		byPort[p] = append(byPort[p], host)

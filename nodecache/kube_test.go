@@ -294,7 +294,7 @@ func TestBinaryKubernetes(t *testing.T) {
 	listen, metrics, health := freeAddr(t), freeAddr(t), freeAddr(t)
 
 	var logs syncBuffer
-	cmd := command(bin, "--kubeconfig", c.Kubeconfig, "--node-name", "node-a", "--listen", listen,
+	cmd := command(bin, "--steer=false", "--kubeconfig", c.Kubeconfig, "--node-name", "node-a", "--listen", listen,
 		"--upstream", world.Addr, "--cluster-upstream", clusterDNS.Addr, "--resolv-conf", resolvConf,
 		"--metrics", metrics, "--health", health)
 	cmd.Stdout, cmd.Stderr = &logs, &logs

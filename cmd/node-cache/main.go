@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -32,6 +33,16 @@ func main() {
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "Kubernetes mode: the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --cluster-upstream, with k8s_autopath")
 	fs.StringArrayVar(&cfg.ClusterUpstreams, "cluster-upstream", nil, "Kubernetes mode: IP:PORT of the cluster DNS, over TCP; repeatable (default: the ClusterIP(s) of Service kube-system/kube-dns-upstream, else kube-system/kube-dns, looked up at start)")
 	printConfig := fs.Bool("print-config", false, "print the Corefile node-cache would run (after defaults and the Service lookup) and exit")
+	fs.StringArrayVar(&cfg.Steer.LocalIPs, "local-ip", []string{nodecache.DefaultLocalIP}, "steering: the cache's own address, served on port 53 and set up on --interface; repeatable (one per IP family)")
+	fs.StringVar(&cfg.Steer.Interface, "interface", "", "steering: the device --local-ip goes on (default: "+nodecache.DummyInterface+", a dummy device, where the kernel has the dummy driver; else lo)")
+	fs.StringArrayVar(&cfg.Steer.ClusterDNS, "cluster-dns", nil, "steering: IP of the cluster DNS Service (the VIP in pods' resolv.conf) to steer to the cache; repeatable (default: the ClusterIP(s) of Service kube-system/kube-dns, in Kubernetes mode)")
+	fs.StringVar(&cfg.Steer.Mode, "steer", "auto", "steer pods' queries for --cluster-dns to the cache with eBPF: auto (when there is a VIP to steer), true, false")
+	fs.Lookup("steer").NoOptDefVal = "true"
+	fs.StringVar(&cfg.Steer.Cgroup, "cgroup", "", "steering: cgroup v2 directory the eBPF programs attach to (default: the cgroup v2 mount, detected)")
+	fs.StringVar(&cfg.Steer.BPFFS, "bpffs", "/sys/fs/bpf", "steering: bpf file system; programs, links and maps are pinned under PATH/dnsaccel (mounted if PATH is not one)")
+	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly")
+	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
+	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs) and every --local-ip address (from --interface) node-cache created, then exit 0")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
 			"A node-local DNS cache: answers pods' queries on the node, forwards misses to the\n"+
@@ -39,7 +50,12 @@ func main() {
 			"With --kubeconfig (or in a pod with a service account) it runs in Kubernetes mode:\n"+
 			"the cluster domain and reverse zones go to the cluster DNS, everything else to the\n"+
 			"node's resolvers, and k8s_autopath expands pods' search paths server-side.\n\n"+
-			"  node-cache --listen 127.0.0.1:5301 --upstream 127.0.0.1:5300\n\nFlags:\n")
+			"With --cluster-dns (or the kube-dns Service found through the API) it steers pods'\n"+
+			"queries for that VIP to itself with eBPF at the socket (no iptables rules, no DNAT),\n"+
+			"serving on --local-ip:53; when it stops beating, the kernel falls back to the VIP.\n"+
+			"A new node-cache started beside a running one takes over; --cleanup removes it all.\n\n"+
+			"  node-cache --listen 127.0.0.1:5301 --upstream 127.0.0.1:5300\n"+
+			"  node-cache --cluster-dns 10.96.0.10 --upstream 10.96.0.10:53\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -53,6 +69,20 @@ func main() {
 		return
 	}
 	log := newLogger()
+	m, err := strconv.ParseUint(*mark, 0, 32)
+	if err != nil || m == 0 {
+		log.Error("invalid configuration", "err", fmt.Sprintf("--upstream-mark %q: want a non-zero 32-bit number", *mark))
+		os.Exit(2)
+	}
+	cfg.Steer.UpstreamMark = uint32(m)
+	if *cleanup {
+		if err := nodecache.Cleanup(cfg.Steer, log); err != nil {
+			log.Error("cleanup", "err", err)
+			os.Exit(1)
+		}
+		log.Info("cleanup done", "bpffs", cfg.Steer.BPFFS, "local-ip", cfg.Steer.LocalIPs)
+		return
+	}
 	cfg.Kube = nodecache.DetectKube(*kubeconfig)
 	if !fs.Changed("node-name") {
 		cfg.NodeName = os.Getenv("NODE_NAME") // the downward API's spec.nodeName
@@ -66,6 +96,15 @@ func main() {
 	if err := cfg.ResolveClusterUpstreams(context.Background()); err != nil {
 		log.Error("Kubernetes mode", "err", err)
 		os.Exit(2)
+	}
+	if err := cfg.ResolveSteering(context.Background()); err != nil {
+		log.Error("Kubernetes mode", "err", err)
+		os.Exit(2)
+	}
+	if err := cfg.Steer.LookupErr; err != nil && !cfg.Steer.Enabled() {
+		log.Warn("--steer=auto: not steering, pods keep querying the cluster DNS directly", "err", err)
+	} else if err != nil {
+		log.Warn("steering only part of the cluster DNS", "err", err)
 	}
 	if err := cfg.Validate(); err != nil {
 		log.Error("invalid configuration", "err", err)

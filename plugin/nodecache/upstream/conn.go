@@ -317,7 +317,7 @@ func (u *upstream) startDialLocked(i int) {
 // connection's reader.
 func (u *upstream) dialAndServe(i int) {
 	ctx, cancel := context.WithTimeout(u.p.ctx, u.p.cfg.Timeout)
-	var d net.Dialer
+	d := dialer()
 	nc, err := d.DialContext(ctx, "tcp", u.addr.Host)
 	cancel()
 
@@ -546,7 +546,7 @@ var udpBufs = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); ret
 // others (wrong ID or question, unparseable) are dropped and counted. It
 // gives up when ctx or abort (may be nil) ends.
 func exchangeUDP(ctx, abort context.Context, host string, wire []byte, q question) (*dns.Msg, error) {
-	var d net.Dialer
+	d := dialer()
 	nc, err := d.DialContext(ctx, "udp", host)
 	if err != nil {
 		return nil, err
@@ -582,7 +582,7 @@ func exchangeUDP(ctx, abort context.Context, host string, wire []byte, q questio
 // exchangeTCPOnce does one query on a connection of its own (health
 // probes).
 func exchangeTCPOnce(ctx context.Context, host string, wire []byte, q question) (*dns.Msg, error) {
-	var d net.Dialer
+	d := dialer()
 	nc, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, err

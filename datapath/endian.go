@@ -1,0 +1,6 @@
+package datapath
+
+import "encoding/binary"
+
+// nativeEndian is the byte order of the maps' integers.
+var nativeEndian = binary.NativeEndian

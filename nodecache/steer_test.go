@@ -1,0 +1,692 @@
+package nodecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/miekg/dns"
+
+	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/dnstest"
+)
+
+const (
+	cacheOnlyName   = "cache-only.steer.test."
+	cacheOnlyAnswer = "10.12.0.1"
+)
+
+// requireSteering skips (fails under CI=true) where eBPF steering cannot
+// run, naming the missing piece.
+func requireSteering(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		cluster.SkipOrFail(t, "steering tests need root (BPF, cgroups, network namespaces)")
+	}
+	cg, err := datapath.DetectCgroup2()
+	if err != nil {
+		cluster.SkipOrFail(t, "%v", err)
+	}
+	if err := datapath.Check(cg); err != nil {
+		cluster.SkipOrFail(t, "%v", err)
+	}
+}
+
+// nodeCacheProc is a running bin/node-cache.
+type nodeCacheProc struct {
+	name   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	done   chan struct{}
+	err    error
+	health string
+}
+
+// startNodeCache runs bin/node-cache with args plus its own --health and
+// waits until /ready says it serves (and, steering, beats).
+func startNodeCache(t *testing.T, name string, args ...string) *nodeCacheProc {
+	t.Helper()
+	p := &nodeCacheProc{name: name, logs: &syncBuffer{}, done: make(chan struct{}), health: freeAddr(t)}
+	p.cmd = command(buildBinary(t), append(args, "--health", p.health)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s logs:\n%s", p.name, p.logs.String())
+		}
+	})
+	steertest.WaitFor(t, name+" ready", 30*time.Second, func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited: %v\n%s", name, p.err, p.logs.String())
+		default:
+		}
+		return httpGet(p.health, "/ready") == 200
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *nodeCacheProc) stop(t *testing.T, within time.Duration) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("%s: exit after SIGTERM: %v\n%s", p.name, p.err, p.logs.String())
+		}
+	case <-time.After(within):
+		t.Fatalf("%s: no exit %s after SIGTERM\n%s", p.name, within, p.logs.String())
+	}
+}
+
+// steerSetup is the topology plus what node-cache's steering flags need;
+// everything node-cache creates is removed with --cleanup when the test
+// ends (and the private bpffs unmounted after that).
+type steerSetup struct {
+	*steertest.Topology
+	bpffs string
+}
+
+func newSteerSetup(t *testing.T) *steerSetup {
+	t.Helper()
+	requireSteering(t)
+	s := &steerSetup{Topology: steertest.New(t), bpffs: steertest.BPFFS(t)}
+	t.Cleanup(func() {
+		out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput()
+		if err != nil {
+			t.Errorf("node-cache --cleanup: %v\n%s", err, out)
+		}
+	})
+	return s
+}
+
+func (s *steerSetup) cleanupArgs() []string {
+	return []string{"--cleanup", "--bpffs", s.bpffs, "--local-ip", s.LocalIP.String(), "--interface", "lo"}
+}
+
+// steerArgs are the steering flags of node-cache in this setup.
+func (s *steerSetup) steerArgs(timeout time.Duration) []string {
+	return []string{"--steer=true", "--cluster-dns", s.VIP.String(), "--local-ip", s.LocalIP.String(),
+		"--interface", "lo", "--bpffs", s.bpffs, "--heartbeat-timeout", timeout.String()}
+}
+
+type answer struct {
+	r    *dns.Msg
+	from netip.AddrPort
+	err  error
+}
+
+// query asks the VIP from the pod, from a fresh socket.
+func (s *steerSetup) query(t *testing.T, name string, tcp bool, timeout time.Duration) answer {
+	t.Helper()
+	var a answer
+	if err := s.Pod.Do(func() error {
+		a.r, a.from, a.err = steertest.Query(netip.AddrPortFrom(s.VIP, 53), name, tcp, timeout)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+var whoamiSeq atomic.Int64
+
+// whoSaw asks the cluster DNS's whoami through the VIP (a fresh name each
+// time, so no cache answers it) and returns the client it saw: the pod
+// itself when the query went straight to the cluster DNS, the node (the
+// cache's upstream connection) when node-cache answered it.
+func (s *steerSetup) whoSaw(t *testing.T, timeout time.Duration) (netip.Addr, error) {
+	t.Helper()
+	a := s.query(t, fmt.Sprintf("q%d.%s", whoamiSeq.Add(1), steertest.WhoamiZone), false, timeout)
+	if a.err != nil {
+		return netip.Addr{}, a.err
+	}
+	return steertest.Seen(a.r), nil
+}
+
+// pinnedIDs are the kernel IDs of everything pinned under bpffs/dnsaccel.
+func pinnedIDs(t *testing.T, bpffs string) (ids []string, stillThere func() error) {
+	t.Helper()
+	dir := filepath.Join(bpffs, datapath.PinDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		progs []ebpf.ProgramID
+		maps  []ebpf.MapID
+		links []link.ID
+	)
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		switch {
+		case strings.HasPrefix(e.Name(), "link_"):
+			l, err := link.LoadPinnedLink(p, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := l.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			links = append(links, info.ID)
+			l.Close()
+		case strings.HasPrefix(e.Name(), "prog_"):
+			pr, err := ebpf.LoadPinnedProgram(p, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, _ := pr.Info()
+			id, _ := info.ID()
+			progs = append(progs, id)
+			pr.Close()
+		default:
+			m, err := ebpf.LoadPinnedMap(p, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, _ := m.Info()
+			id, _ := info.ID()
+			maps = append(maps, id)
+			m.Close()
+		}
+		ids = append(ids, e.Name())
+	}
+	if len(links) != len(datapath.ProgramNames) || len(progs) != len(datapath.ProgramNames) || len(maps) != len(datapath.MapNames) {
+		t.Fatalf("pinned: %v; want %d links, %d programs, %d maps", ids, len(datapath.ProgramNames), len(datapath.ProgramNames), len(datapath.MapNames))
+	}
+	return ids, func() error {
+		for _, id := range progs {
+			if p, err := ebpf.NewProgramFromID(id); err == nil {
+				p.Close()
+				return fmt.Errorf("program %d still loaded", id)
+			}
+		}
+		for _, id := range maps {
+			if m, err := ebpf.NewMapFromID(id); err == nil {
+				m.Close()
+				return fmt.Errorf("map %d still exists", id)
+			}
+		}
+		for _, id := range links {
+			if l, err := link.NewFromID(id); err == nil {
+				l.Close()
+				return fmt.Errorf("link %d still exists", id)
+			}
+		}
+		return nil
+	}
+}
+
+// TestSteerFromPods: a pod's queries for the cluster DNS VIP are answered
+// by node-cache (a name only the cache's upstream knows), over UDP (dig, a
+// raw socket, glibc's getent) and TCP; the reply comes from the VIP; the
+// cache sees the pod's own address; the cache's own upstream queries to the
+// VIP are not steered back to it. SIGTERM leaves the pins and address for a
+// successor (queries fall back meanwhile); --cleanup removes everything.
+func TestSteerFromPods(t *testing.T) {
+	s := newSteerSetup(t)
+	zone := dnstest.NewZone(t)
+	zone.Add(t, cacheOnlyName+" 30 IN A "+cacheOnlyAnswer)
+	metrics := freeAddr(t)
+	local := s.LocalIP.String()
+	conf := filepath.Join(t.TempDir(), "Corefile")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`seen.steer.test:53 {
+    bind %[1]s
+    whoami
+}
+cache-only.steer.test:53 {
+    bind %[1]s
+    nodecache %[2]s
+}
+.:53 {
+    bind %[1]s
+    prometheus %[3]s
+    nodecache %[4]s:53
+}
+`, local, zone.Addr, metrics, s.VIP)), 0o644)
+	nc := startNodeCache(t, "node-cache", append(s.steerArgs(time.Second), "--conf", conf, "--metrics", metrics)...)
+	if ok, _ := steertest.HasAddr("lo", s.LocalIP); !ok {
+		t.Fatalf("--local-ip %s not on lo", s.LocalIP)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vip := s.VIP.String()
+	for _, args := range [][]string{
+		{"dig", "+short", "+time=2", "+tries=1", "@" + vip, cacheOnlyName},
+		{"dig", "+short", "+tcp", "+time=2", "+tries=1", "@" + vip, cacheOnlyName},
+		{"getent", "ahostsv4", strings.TrimSuffix(cacheOnlyName, ".")},
+	} {
+		// dig drops a reply from any source but the server it asked; glibc
+		// too: an answer proves the reply came from the VIP.
+		out, err := s.Pod.Exec(ctx, args...)
+		if err != nil || !strings.Contains(string(out), cacheOnlyAnswer) {
+			t.Errorf("%s in the pod: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, tcp := range []bool{false, true} {
+		a := s.query(t, cacheOnlyName, tcp, 2*time.Second)
+		if a.err != nil || !steertest.HasA(a.r, cacheOnlyAnswer) {
+			t.Fatalf("query (tcp=%v): %v %v", tcp, a.err, a.r)
+		}
+		if want := netip.AddrPortFrom(s.VIP, 53); a.from != want {
+			t.Errorf("reply (tcp=%v) from %s, want the VIP %s", tcp, a.from, want)
+		}
+	}
+	// node-cache's whoami: the cache sees the pod's own address.
+	if a := s.query(t, "x.seen.steer.test.", false, 2*time.Second); a.err != nil || steertest.Seen(a.r) != s.Pod.IP {
+		t.Errorf("the cache saw %v (err %v), want the pod's %s", steertest.Seen(a.r), a.err, s.Pod.IP)
+	}
+	// The cluster DNS's whoami through the cache, whose upstream is the
+	// steered VIP: it sees the node, so the query went pod -> cache -> VIP.
+	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
+		t.Errorf("cluster DNS saw %v (err %v), want the node's %s (the cache's upstream query)", saw, err, s.DNS.HostIP)
+	}
+	body := httpBody(t, metrics, "/metrics")
+	for _, want := range []string{"dnsaccel_nodecache_steering_attached 1", "dnsaccel_nodecache_steering_table_entries 2",
+		"dnsaccel_nodecache_steering_heartbeat_age_seconds", `dnsaccel_nodecache_steering_operations_total{result="steered"}`,
+		`dnsaccel_nodecache_steering_operations_total{result="own_socket"}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	// SIGTERM: no successor, so the heartbeat expires before it stops
+	// serving; pins and address stay for the next node-cache.
+	nc.stop(t, 10*time.Second)
+	if !strings.Contains(nc.logs.String(), "heartbeat expired") {
+		t.Errorf("no handover log line:\n%s", nc.logs.String())
+	}
+	if !datapath.Pinned(s.bpffs) {
+		t.Error("pins removed on SIGTERM; a successor could not adopt them")
+	}
+	if ok, _ := steertest.HasAddr("lo", s.LocalIP); !ok {
+		t.Error("--local-ip removed on SIGTERM")
+	}
+	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.Pod.IP {
+		t.Errorf("after SIGTERM the cluster DNS saw %v (err %v), want the pod's %s directly", saw, err, s.Pod.IP)
+	}
+
+	// --cleanup: no program, link, map, pin or address left.
+	pins, stillThere := pinnedIDs(t, s.bpffs)
+	t.Logf("pinned before --cleanup: %v", pins)
+	if out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput(); err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, out)
+	}
+	if datapath.Pinned(s.bpffs) {
+		t.Errorf("%s/%s still there after --cleanup", s.bpffs, datapath.PinDir)
+	}
+	if ok, err := steertest.HasAddr("lo", s.LocalIP); ok || err != nil {
+		t.Errorf("--local-ip %s still on lo after --cleanup (err %v)", s.LocalIP, err)
+	}
+	steertest.WaitFor(t, "kernel objects gone after --cleanup", 5*time.Second, func() bool { return stillThere() == nil })
+	if a := s.query(t, steertest.ClusterName, false, 2*time.Second); a.err != nil || !steertest.HasA(a.r, steertest.ClusterAnswer) {
+		t.Errorf("after --cleanup the cluster DNS should answer: %v %v", a.err, a.r)
+	}
+}
+
+// TestSteerKillAndRestart: kill -9 node-cache and pods reach the cluster
+// DNS within --heartbeat-timeout + 1 s, with nothing done in user space; a
+// new node-cache adopts the pinned programs; restarts (new process, then
+// SIGTERM to the old) under >= 1,000 queries/s from a pod lose nothing and
+// never even fall back to the cluster DNS.
+func TestSteerKillAndRestart(t *testing.T) {
+	s := newSteerSetup(t)
+	const timeout = time.Second
+	listen := freeAddr(t) // shared by all three, as the local IP is
+	args := func() []string {
+		return append(s.steerArgs(timeout), "--listen", listen, "--upstream", s.VIP.String()+":53", "--metrics", "")
+	}
+	a := startNodeCache(t, "node-cache A", args()...)
+	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
+		t.Fatalf("with A running the cluster DNS saw %v (err %v), want the node's %s", saw, err, s.DNS.HostIP)
+	}
+
+	// kill -9: the kernel stops steering once the heartbeat is stale.
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.done
+	killed := time.Now()
+	var recovered time.Duration
+	steertest.WaitFor(t, "pod queries answered by the cluster DNS after kill -9", 10*time.Second, func() bool {
+		saw, err := s.whoSaw(t, 200*time.Millisecond)
+		if err == nil && saw == s.Pod.IP {
+			recovered = time.Since(killed)
+			return true
+		}
+		return false
+	})
+	t.Logf("after kill -9, pod queries answered by the cluster DNS %s later (heartbeat timeout %s)", recovered.Round(time.Millisecond), timeout)
+	if recovered > timeout+time.Second {
+		t.Errorf("fallback took %s, want <= heartbeat timeout %s + 1s", recovered, timeout)
+	}
+
+	// A new node-cache adopts the pinned links and steers again.
+	b := startNodeCache(t, "node-cache B", args()...)
+	if !strings.Contains(b.logs.String(), `"adopted-links":8`) {
+		t.Errorf("B did not adopt the pinned links:\n%s", b.logs.String())
+	}
+	steertest.WaitFor(t, "steering through B", 5*time.Second, func() bool {
+		saw, err := s.whoSaw(t, time.Second)
+		return err == nil && saw == s.DNS.HostIP
+	})
+
+	// Restarts under load: C starts beside B, then B gets SIGTERM; then
+	// the same from C to D. No query may fail, and none may even fall back
+	// to the cluster DNS: the kernel's counters show every one steered.
+	stale0, steered0 := steerCounters(t, s.bpffs)
+	load := startLoad(t, s, 8, 1600)
+	steertest.WaitFor(t, "load running", 10*time.Second, func() bool { return load.total() >= 300 })
+	old := b
+	for _, name := range []string{"node-cache C", "node-cache D"} {
+		next := startNodeCache(t, name, args()...)
+		old.stop(t, 10*time.Second)
+		if !strings.Contains(old.logs.String(), "another node-cache keeps the heartbeat") {
+			t.Errorf("%s did not see %s take over the heartbeat:\n%s", old.name, name, old.logs.String())
+		}
+		after := load.total()
+		steertest.WaitFor(t, "load continuing after "+old.name+" exited", 10*time.Second, func() bool { return load.total() >= after+1000 })
+		old = next
+	}
+	res := load.stop()
+	stale1, steered1 := steerCounters(t, s.bpffs)
+	t.Logf("2 restarts under load: %d queries in %s (%.0f/s), %d failed; kernel: %d steered, %d not steered for a stale heartbeat",
+		res.total, res.elapsed.Round(time.Millisecond), float64(res.total)/res.elapsed.Seconds(), res.failed, steered1-steered0, stale1-stale0)
+	if res.failed != 0 {
+		t.Errorf("%d of %d queries failed during the restarts; first: %v", res.failed, res.total, res.firstErr)
+	}
+	if rate := float64(res.total) / res.elapsed.Seconds(); rate < 1000 {
+		t.Errorf("load was %.0f queries/s, want >= 1000", rate)
+	}
+	if stale1 != stale0 {
+		t.Errorf("%d queries fell back to the cluster DNS during the restarts (heartbeat lapsed)", stale1-stale0)
+	}
+	if steered1-steered0 < uint64(res.total) {
+		t.Errorf("kernel steered %d operations, fewer than the %d queries", steered1-steered0, res.total)
+	}
+	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
+		t.Errorf("after the restarts the cluster DNS saw %v (err %v), want the node's %s (D steering)", saw, err, s.DNS.HostIP)
+	}
+	old.stop(t, 10*time.Second)
+}
+
+// steerCounters reads the programs' counters from the pinned map: queries
+// not steered because the heartbeat was stale, and queries steered.
+func steerCounters(t *testing.T, bpffs string) (stale, steered uint64) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(bpffs, datapath.PinDir, "dnsa_stats"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	sum := func(i datapath.Stat) uint64 {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		return n
+	}
+	return sum(datapath.StatStale), sum(datapath.StatSteered)
+}
+
+// load sends queries for ClusterName to the VIP from the pod, each from a
+// fresh socket, at a steady rate; any query without the right answer
+// within 2 s fails.
+type load struct {
+	stopc    chan struct{}
+	wg       sync.WaitGroup
+	ok, fail atomic.Int64
+	mu       sync.Mutex
+	firstErr error
+	start    time.Time
+}
+
+type loadResult struct {
+	total, failed int64
+	elapsed       time.Duration
+	firstErr      error
+}
+
+func startLoad(t *testing.T, s *steerSetup, workers int, qps int) *load {
+	t.Helper()
+	l := &load{stopc: make(chan struct{}), start: time.Now()}
+	interval := time.Duration(int64(time.Second) * int64(workers) / int64(qps))
+	vip := netip.AddrPortFrom(s.VIP, 53)
+	for w := 0; w < workers; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			s.Pod.Do(func() error {
+				c := &steertest.RawClient{To: vip, Timeout: 2 * time.Second}
+				next := time.Now()
+				for {
+					select {
+					case <-l.stopc:
+						return nil
+					default:
+					}
+					r, _, err := c.Query(steertest.ClusterName)
+					if err == nil && !steertest.HasA(r, steertest.ClusterAnswer) {
+						err = fmt.Errorf("answer %v", r)
+					}
+					if err != nil {
+						l.fail.Add(1)
+						l.mu.Lock()
+						if l.firstErr == nil {
+							l.firstErr = err
+						}
+						l.mu.Unlock()
+					} else {
+						l.ok.Add(1)
+					}
+					next = next.Add(interval)
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d) // pacing, not synchronisation
+					} else if d < -time.Second {
+						next = time.Now()
+					}
+				}
+			})
+		}()
+	}
+	t.Cleanup(func() { l.stop() })
+	return l
+}
+
+func (l *load) total() int64 { return l.ok.Load() + l.fail.Load() }
+
+func (l *load) stop() loadResult {
+	select {
+	case <-l.stopc:
+	default:
+		close(l.stopc)
+	}
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return loadResult{total: l.total(), failed: l.fail.Load(), elapsed: time.Since(l.start), firstErr: l.firstErr}
+}
+
+// TestSteerBadInput: invalid --cluster-dns and --steer values are refused at
+// start; a missing kernel feature (here: no cgroup v2 where --cgroup
+// points) is an error naming it, changing nothing; with --steer=false the
+// cache runs without any eBPF or address.
+func TestSteerBadInput(t *testing.T) {
+	bin := buildBinary(t)
+	up := startUpstream(t)
+	help, _ := command(bin, "--help").CombinedOutput()
+	for _, f := range []string{"--steer", "--cluster-dns", "--local-ip", "--interface", "--cgroup", "--bpffs",
+		"--heartbeat-timeout", "--upstream-mark", "--cleanup"} {
+		if !strings.Contains(string(help), f) {
+			t.Errorf("--help does not explain %s", f)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster-dns", "not-an-ip"}, "--cluster-dns"},
+		{[]string{"--cluster-dns", "10.96.0.10:53"}, "without a port"},
+		{[]string{"--cluster-dns", "0.0.0.0"}, "wildcard"},
+		{[]string{"--cluster-dns", "169.254.20.10"}, "also a --local-ip"},
+		{[]string{"--cluster-dns", "fd00::10"}, "no --local-ip of its IP family"},
+		{[]string{"--cluster-dns", "10.96.0.10", "--local-ip", "bogus"}, "--local-ip"},
+		{[]string{"--steer=true"}, "no VIP to steer"},
+		{[]string{"--steer=maybe", "--cluster-dns", "10.96.0.10"}, "--steer"},
+		{[]string{"--cluster-dns", "10.96.0.10", "--heartbeat-timeout", "0s"}, "--heartbeat-timeout"},
+		{[]string{"--cluster-dns", "10.96.0.10", "--upstream-mark", "0"}, "--upstream-mark"},
+	} {
+		args := append([]string{"--listen", freeAddr(t), "--upstream", up, "--health", "", "--metrics", ""}, tc.args...)
+		out, err := command(bin, args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v: want exit 2 naming %q, got %v: %s", tc.args, tc.want, err, out)
+		}
+	}
+
+	requireSteering(t)
+	bpffs := steertest.BPFFS(t)
+	local := steertest.FreeLinkLocal(t)
+	t.Cleanup(func() {
+		command(bin, "--cleanup", "--bpffs", bpffs, "--local-ip", local.String(), "--interface", "lo").Run()
+	})
+	notCgroup := t.TempDir()
+	out, err := command(bin, "--listen", freeAddr(t), "--upstream", up, "--health", "", "--metrics", "",
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs, "--cgroup", notCgroup).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cgroup v2") {
+		t.Errorf("--cgroup on a non-cgroup2 directory: want an error naming cgroup v2, got %v: %s", err, out)
+	}
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
+		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	}
+
+	// No BPF permission: the same, as an unprivileged user.
+	os.Chmod(filepath.Dir(bin), 0o755)
+	cmd := command(bin, "--listen", freeAddr(t), "--upstream", up, "--health", "", "--metrics", "",
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs)
+	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "BPF permission") {
+		t.Errorf("as an unprivileged user: want an error naming the BPF permission, got %v: %s", err, out)
+	}
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
+		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	}
+
+	// --steer=false: the plain cache, no BPF, no address.
+	listen := freeAddr(t)
+	startNodeCache(t, "node-cache --steer=false", "--steer=false", "--listen", listen, "--upstream", up, "--metrics", "",
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs)
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.test.", dns.TypeA)
+	if r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, listen); err != nil || len(r.Answer) != 1 {
+		t.Errorf("--steer=false cache on %s: %v %v", listen, err, r)
+	}
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
+		t.Errorf("--steer=false set up the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	}
+}
+
+// TestSteerVIPFromKubeDNS: without --cluster-dns, the VIP to steer is the
+// ClusterIP of Service kube-system/kube-dns in the real API server, and the
+// cache then also serves --local-ip:53; with no such Service, --steer=auto
+// stays off and --steer=true refuses to start.
+func TestSteerVIPFromKubeDNS(t *testing.T) {
+	c := cluster.Shared(t)
+	base := []string{"--kubeconfig", c.Kubeconfig, "--node-name", "node-a", "--listen", "127.0.0.1:5353",
+		"--upstream", "192.0.2.53:53", "--cluster-upstream", "192.0.2.54:53"}
+
+	_, stderr, code := printConfig(t, base...)
+	if code != 0 || !strings.Contains(stderr, `"steer":false`) {
+		t.Fatalf("no kube-dns Service, --steer=auto: want exit 0 without steering, got %d:\n%s", code, stderr)
+	}
+	_, stderr, code = printConfig(t, append(base, "--steer=true")...)
+	if code != 2 || !strings.Contains(stderr, "kube-system/kube-dns") {
+		t.Fatalf("no kube-dns Service, --steer=true: want exit 2 naming the Service, got %d:\n%s", code, stderr)
+	}
+
+	ip := c.MustCreateService(t, cluster.ServiceOptions{Namespace: "kube-system", Name: "kube-dns"}).Spec.ClusterIP
+	out, stderr, code := printConfig(t, base...)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	for _, want := range []string{`"steer":true`, `"cluster-dns":["` + ip + `"]`, `"cluster-dns-from":"Service kube-system/kube-dns"`} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("start-up log lacks %s:\n%s", want, stderr)
+		}
+	}
+	if !strings.Contains(out, "cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {\n    bind 169.254.20.10\n") {
+		t.Errorf("the Corefile does not serve the default --local-ip on :53 beside --listen:\n%s", out)
+	}
+	_, stderr, code = printConfig(t, append(base, "--steer=false")...)
+	if code != 0 || !strings.Contains(stderr, `"steer":false`) {
+		t.Errorf("--steer=false with a kube-dns Service: want no steering, got %d:\n%s", code, stderr)
+	}
+}
+
+func TestSteerRules(t *testing.T) {
+	s := Steer{Mode: "auto", LocalIPs: []string{"169.254.20.10", "fd00::53"}, ClusterDNS: []string{"10.96.0.10", "fd00:96::a"},
+		HeartbeatTimeout: time.Second, BPFFS: "/sys/fs/bpf"}
+	var got []string
+	for _, r := range s.rules() {
+		got = append(got, r.String())
+	}
+	want := "10.96.0.10:53/udp -> 169.254.20.10:53,10.96.0.10:53/tcp -> 169.254.20.10:53," +
+		"[fd00:96::a]:53/udp -> [fd00::53]:53,[fd00:96::a]:53/tcp -> [fd00::53]:53"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("rules:\n%s\nwant\n%s", strings.Join(got, ","), want)
+	}
+	c := Config{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"10.96.0.10:53"}, Steer: s}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if l := strings.Join(c.listenAddrs(), ","); l != "127.0.0.1:53,169.254.20.10:53,[fd00::53]:53" {
+		t.Fatalf("listen %s", l)
+	}
+	c.Steer.Mode = "false"
+	if l := strings.Join(c.listenAddrs(), ","); l != "127.0.0.1:53" {
+		t.Fatalf("--steer=false listens on %s", l)
+	}
+}
+
+func TestSteerServiceVIPsDualStack(t *testing.T) {
+	s := Steer{LocalIPs: []string{"169.254.20.10"}}
+	if err := s.useServiceVIPs([]string{"10.96.0.10", "fd00:96::a"}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(s.ClusterDNS, ",") != "10.96.0.10" || s.LookupErr == nil || !strings.Contains(s.LookupErr.Error(), "fd00:96::a") {
+		t.Fatalf("IPv4 local IP, dual-stack Service: VIPs %v, note %v", s.ClusterDNS, s.LookupErr)
+	}
+	s = Steer{LocalIPs: []string{"169.254.20.10"}}
+	if err := s.useServiceVIPs([]string{"fd00:96::a"}); err == nil || len(s.ClusterDNS) != 0 {
+		t.Fatalf("IPv6-only Service, IPv4 local IP: err %v, VIPs %v", err, s.ClusterDNS)
+	}
+	s = Steer{LocalIPs: []string{"169.254.20.10", "fd00::53"}}
+	if err := s.useServiceVIPs([]string{"10.96.0.10", "fd00:96::a"}); err != nil || len(s.ClusterDNS) != 2 || s.LookupErr != nil {
+		t.Fatalf("both families: err %v, VIPs %v, note %v", err, s.ClusterDNS, s.LookupErr)
+	}
+}

@@ -1,0 +1,588 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/bench"
+	"github.com/dnsaccel/dnsaccel/test/netns"
+)
+
+// Config is what a run measures.
+type Config struct {
+	Rules     []int  `json:"rules"`
+	Queries   int    `json:"queries"`
+	Rounds    int    `json:"rounds"`
+	ClientCPU int    `json:"client_cpu"`
+	ServerCPU int    `json:"server_cpu"`
+	NodeCache string `json:"node_cache"`
+	Quick     bool   `json:"quick"`
+	Out       string `json:"-"`
+	JSON      string `json:"-"`
+	Command   string `json:"command"`
+}
+
+// DefaultConfig is the full benchmark, for a quiet machine.
+func DefaultConfig() Config {
+	return Config{Rules: []int{1, 1000, 10000}, Queries: 20000, Rounds: 4, ClientCPU: 0, ServerCPU: 1, NodeCache: "bin/node-cache"}
+}
+
+// ApplyQuick shrinks the run for a smoke check on a busy machine; flags the
+// user set explicitly win.
+func (c *Config) ApplyQuick(set func(string) bool) {
+	c.Quick = true
+	if !set("rules") {
+		c.Rules = []int{1, 1000}
+	}
+	if !set("queries") {
+		c.Queries = 300
+	}
+	if !set("rounds") {
+		c.Rounds = 2
+	}
+}
+
+// The paths a query takes from the pod to the cache.
+const (
+	PathStraight = "straight to the cache"
+	PathSteering = "eBPF steering"
+	PathIptables = "iptables DNAT"
+	// PathNotrack is steering with node-local-dns's raw NOTRACK rules for
+	// the cache's address added: what it takes to skip conntrack and the
+	// nat chains on a kube-proxy (iptables) node.
+	PathNotrack = "eBPF steering + NOTRACK"
+)
+
+var paths = []string{PathStraight, PathSteering, PathIptables, PathNotrack}
+
+// Result is one path at one rule count, all rounds together.
+type Result struct {
+	Path      string        `json:"path"`
+	Rules     int           `json:"rules"`
+	Queries   int           `json:"queries"`
+	Failed    int           `json:"failed"`
+	FirstErr  string        `json:"first_error,omitempty"`
+	Median    time.Duration `json:"median_ns"`
+	P90       time.Duration `json:"p90_ns"`
+	P99       time.Duration `json:"p99_ns"`
+	ClientCPU time.Duration `json:"client_cpu_per_query_ns"` // the pod's sending thread, kernel work included
+	ServerCPU time.Duration `json:"server_cpu_per_query_ns"` // bin/node-cache, all threads
+	Conntrack float64       `json:"conntrack_per_query"`     // entries from the pod's address created per query
+}
+
+// Report is a whole run.
+type Report struct {
+	Config  Config        `json:"config"`
+	Machine bench.Machine `json:"machine"`
+	Start   time.Time     `json:"start"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Results []Result      `json:"results"`
+	Version string        `json:"node_cache_version"`
+}
+
+const (
+	answerName = "bench.steer.test."
+	answerIP   = "10.13.0.1"
+	chainSvc   = "DNSA-BENCH-SERVICES"
+	chainSep   = "DNSA-BENCH-SEP"
+)
+
+// env is what Run sets up and tears down.
+type env struct {
+	cfg      Config
+	pod      *netns.Pod
+	local    netip.Addr // the cache's address (on lo)
+	vip      netip.Addr // steered
+	dnatVIP  netip.Addr // DNATed by iptables
+	bpffs    string
+	procs    bench.Procs
+	cache    *bench.Proc
+	nodeBin  string
+	cleanups []func()
+}
+
+func (e *env) defer_(f func()) { e.cleanups = append(e.cleanups, f) }
+
+func (e *env) close() {
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		e.cleanups[i]()
+	}
+}
+
+// Run measures every path at every rule count.
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("needs root (network namespaces, iptables, BPF)")
+	}
+	if _, err := bench.LookPath("iptables-restore"); err != nil {
+		return nil, fmt.Errorf("iptables-restore: %w (apt-get install iptables)", err)
+	}
+	rep = &Report{Config: cfg, Start: time.Now(), Machine: bench.MachineInfo(ctx)}
+	e := &env{cfg: cfg}
+	defer e.close()
+	if err := e.setup(ctx); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command(e.nodeBin, "--version").Output(); err == nil {
+		rep.Version = strings.TrimSpace(string(out))
+	}
+	for _, n := range cfg.Rules {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(os.Stderr, "steerbench: %d Service rules\n", n)
+		if err := installIptables(n, e.dnatVIP, e.local); err != nil {
+			return nil, err
+		}
+		res, err := e.measure(ctx, n)
+		removeIptables()
+		if err != nil {
+			return nil, err
+		}
+		rep.Results = append(rep.Results, res...)
+	}
+	rep.Elapsed = time.Since(rep.Start).Round(time.Second)
+	return rep, nil
+}
+
+func (e *env) setup(ctx context.Context) error {
+	root, err := bench.FindRepoRoot()
+	if err != nil {
+		return err
+	}
+	e.nodeBin = e.cfg.NodeCache
+	if !filepath.IsAbs(e.nodeBin) {
+		if _, err := os.Stat(e.nodeBin); err != nil {
+			e.nodeBin = filepath.Join(root, e.nodeBin)
+		}
+	}
+	if _, err := os.Stat(e.nodeBin); err != nil {
+		return fmt.Errorf("%s: %w (make build)", e.cfg.NodeCache, err)
+	}
+	pod, err := netns.New(ctx, netns.Options{NoSearch: true})
+	if err != nil {
+		return fmt.Errorf("pod namespace: %w", err)
+	}
+	e.pod = pod
+	e.defer_(func() { pod.Close() })
+	e.defer_(func() { flushConntrack(pod.IP) })
+	e.defer_(func() { e.notrack(false) })
+
+	e.local, e.vip, e.dnatVIP = freeLinkLocal(), randomAddr("10.246"), randomAddr("10.246")
+	for e.dnatVIP == e.vip {
+		e.dnatVIP = randomAddr("10.246")
+	}
+
+	// A private bpf file system for node-cache's pins, named after this
+	// process and the cache's address so that a later run can clean up
+	// after a killed one.
+	sweep()
+	e.bpffs, err = os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", bpffsPrefix, os.Getpid(), e.local))
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount("bpffs", e.bpffs, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(e.bpffs)
+		return fmt.Errorf("mounting a bpf file system: %w", err)
+	}
+	e.defer_(func() { unix.Unmount(e.bpffs, unix.MNT_DETACH); os.Remove(e.bpffs) })
+
+	// The cache's upstream: a tiny authoritative server on loopback.
+	upPC, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	upLn, err := net.Listen("tcp", upPC.LocalAddr().String())
+	if err != nil {
+		upPC.Close()
+		return err
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if len(r.Question) == 1 && r.Question[0].Name == answerName {
+			rr, _ := dns.NewRR(answerName + " 3600 IN A " + answerIP)
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	us, ts := &dns.Server{PacketConn: upPC, Handler: h}, &dns.Server{Listener: upLn, Handler: h}
+	go us.ActivateAndServe()
+	go ts.ActivateAndServe()
+	e.defer_(func() { us.Shutdown(); ts.Shutdown() })
+
+	var ports bench.Ports
+	hp, err := ports.Get()
+	if err != nil {
+		return err
+	}
+	health := "127.0.0.1:" + strconv.Itoa(hp)
+	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("steerbench-node-cache-%d.log", os.Getpid()))
+	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo"}
+	e.defer_(func() {
+		exec.Command(e.nodeBin, append([]string{"--cleanup"}, steerFlags...)...).Run()
+		os.Remove(logPath)
+	})
+	e.defer_(e.procs.StopAll)
+	lp, err := ports.Get()
+	if err != nil {
+		return err
+	}
+	args := append([]string{e.nodeBin, "--steer=true", "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
+		"--listen", "127.0.0.1:" + strconv.Itoa(lp), "--upstream", upPC.LocalAddr().String(),
+		"--metrics", "", "--health", health}, steerFlags...)
+	cache, err := e.procs.Start("node-cache", e.cfg.ServerCPU, []string{"GOMAXPROCS=1"}, logPath, args...)
+	if err != nil {
+		return err
+	}
+	e.cache = cache
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if cache.Exited() {
+			return cache.ExitError()
+		}
+		if resp, err := (&http.Client{Timeout: time.Second}).Get("http://" + health + "/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node-cache not ready after 30 s:\n%s", cache.LogTail())
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+	return nil
+}
+
+// installIptables puts n kube-proxy-style Service rules and then the DNAT
+// rule of dnatVIP:53 -> local:53 in a chain jumped to from nat PREROUTING.
+func installIptables(n int, dnatVIP, local netip.Addr) error {
+	var b strings.Builder
+	b.WriteString("*nat\n")
+	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", chainSvc, chainSep)
+	for i := 0; i < n; i++ {
+		// 10.250.0.0/16 and up: never the bench's own addresses.
+		ip := netip.AddrFrom4([4]byte{10, byte(250 + i/65536), byte(i / 256 % 256), byte(i % 256)})
+		proto := "udp"
+		if i%2 == 1 {
+			proto = "tcp"
+		}
+		fmt.Fprintf(&b, "-A %s -d %s/32 -p %s -m comment --comment \"bench/svc-%d:dns cluster IP\" -m %s --dport 53 -j %s\n",
+			chainSvc, ip, proto, i, proto, chainSep)
+	}
+	fmt.Fprintf(&b, "-A %s -d %s/32 -p udp -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -m udp --dport 53 -j DNAT --to-destination %s:53\n",
+		chainSvc, dnatVIP, local)
+	fmt.Fprintf(&b, "-I PREROUTING 1 -j %s\n", chainSvc)
+	b.WriteString("COMMIT\n")
+	cmd := exec.Command("iptables-restore", "--noflush", "-w")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		removeIptables()
+		return fmt.Errorf("iptables-restore (%d rules): %v: %s", n, err, out)
+	}
+	return nil
+}
+
+// notrackRules are node-local-dns's raw rules for the cache's address.
+func notrackRules(local netip.Addr) [][]string {
+	return [][]string{
+		{"PREROUTING", "-d", local.String() + "/32", "-p", "udp", "--dport", "53", "-j", "NOTRACK"},
+		{"OUTPUT", "-s", local.String() + "/32", "-p", "udp", "--sport", "53", "-j", "NOTRACK"},
+	}
+}
+
+// notrack adds (on) or removes the NOTRACK rules.
+func (e *env) notrack(on bool) error {
+	for _, r := range notrackRules(e.local) {
+		if on {
+			if out, err := exec.Command("iptables", append([]string{"-w", "-t", "raw", "-I"}, r...)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("iptables -t raw -I %s: %v: %s", strings.Join(r, " "), err, out)
+			}
+			continue
+		}
+		for i := 0; i < 10; i++ {
+			if exec.Command("iptables", append([]string{"-w", "-t", "raw", "-D"}, r...)...).Run() != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// removeIptables deletes everything installIptables adds (idempotent).
+func removeIptables() {
+	for i := 0; i < 100; i++ {
+		if exec.Command("iptables", "-w", "-t", "nat", "-D", "PREROUTING", "-j", chainSvc).Run() != nil {
+			break
+		}
+	}
+	for _, c := range []string{chainSvc, chainSep} {
+		exec.Command("iptables", "-w", "-t", "nat", "-F", c).Run()
+	}
+	for _, c := range []string{chainSvc, chainSep} {
+		exec.Command("iptables", "-w", "-t", "nat", "-X", c).Run()
+	}
+}
+
+// measure runs every path cfg.Rounds times, alternating.
+func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
+	targets := map[string]netip.AddrPort{
+		PathStraight: netip.AddrPortFrom(e.local, 53),
+		PathSteering: netip.AddrPortFrom(e.vip, 53),
+		PathIptables: netip.AddrPortFrom(e.dnatVIP, 53),
+		PathNotrack:  netip.AddrPortFrom(e.vip, 53),
+	}
+	lat := map[string][]time.Duration{}
+	res := map[string]*Result{}
+	for _, p := range paths {
+		res[p] = &Result{Path: p, Rules: rules}
+		// Warm-up: the cache entry, the paths, the CPU frequency.
+		if err := e.notrack(p == PathNotrack); err != nil {
+			return nil, err
+		}
+		if _, err := e.run(targets[p], 200); err != nil {
+			e.notrack(false)
+			return nil, fmt.Errorf("%s, warm-up: %w", p, err)
+		}
+		e.notrack(false)
+	}
+	for round := 0; round < e.cfg.Rounds; round++ {
+		for _, p := range paths {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			flushConntrack(e.pod.IP)
+			if err := e.notrack(p == PathNotrack); err != nil {
+				return nil, err
+			}
+			before := e.serverCPU()
+			st, err := e.run(targets[p], e.cfg.Queries)
+			e.notrack(false)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+			r := res[p]
+			r.ServerCPU += e.serverCPU() - before
+			r.ClientCPU += st.cpu
+			r.Queries += e.cfg.Queries
+			r.Failed += st.failed
+			if r.FirstErr == "" && st.firstErr != nil {
+				r.FirstErr = st.firstErr.Error()
+			}
+			r.Conntrack += float64(countConntrack(e.pod.IP))
+			lat[p] = append(lat[p], st.lat...)
+		}
+	}
+	var out []Result
+	for _, p := range paths {
+		r := res[p]
+		l := lat[p]
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+		if len(l) > 0 {
+			r.Median, r.P90, r.P99 = l[len(l)/2], l[len(l)*90/100], l[len(l)*99/100]
+		}
+		if r.Queries > 0 {
+			r.ClientCPU /= time.Duration(r.Queries)
+			r.ServerCPU /= time.Duration(r.Queries)
+			r.Conntrack /= float64(r.Queries)
+		}
+		out = append(out, *r)
+	}
+	return out, nil
+}
+
+type runStats struct {
+	lat      []time.Duration
+	cpu      time.Duration
+	failed   int
+	firstErr error
+}
+
+// run sends n queries to `to` from the pod, each from a fresh socket, on one
+// thread pinned to the client core.
+func (e *env) run(to netip.AddrPort, n int) (runStats, error) {
+	var st runStats
+	err := e.pod.Do(func() error {
+		var set unix.CPUSet
+		set.Set(e.cfg.ClientCPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pinning the client thread: %w", err)
+		}
+		c := &steertest.RawClient{To: to, Timeout: time.Second}
+		st.lat = make([]time.Duration, 0, n)
+		cpu0 := threadCPU()
+		for i := 0; i < n; i++ {
+			t0 := time.Now()
+			r, from, err := c.Query(answerName)
+			d := time.Since(t0)
+			if err == nil && (len(r.Answer) != 1 || from != to) {
+				err = fmt.Errorf("answer %v from %s", r.Answer, from)
+			}
+			if err != nil {
+				st.failed++
+				if st.firstErr == nil {
+					st.firstErr = err
+				}
+				continue
+			}
+			st.lat = append(st.lat, d)
+		}
+		st.cpu = threadCPU() - cpu0
+		return nil
+	})
+	if err == nil && st.failed == n {
+		err = fmt.Errorf("every query failed: %v", st.firstErr)
+	}
+	return st, err
+}
+
+// threadCPU is the calling thread's CPU time (user + system), from
+// schedstat: nanoseconds, softirq work done in its context included.
+func threadCPU() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", unix.Gettid()))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	ns, _ := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns)
+}
+
+// serverCPU is node-cache's CPU time, all threads.
+func (e *env) serverCPU() time.Duration {
+	pid := e.cache.Pid()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
+}
+
+func podFilter(ip netip.Addr) *netlink.ConntrackFilter {
+	f := &netlink.ConntrackFilter{}
+	f.AddIP(netlink.ConntrackOrigSrcIP, net.IP(ip.AsSlice()))
+	return f
+}
+
+// countConntrack counts the host's conntrack entries from the pod.
+func countConntrack(ip netip.Addr) int {
+	flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, f := range flows {
+		if a, ok := netip.AddrFromSlice(f.Forward.SrcIP); ok && a.Unmap() == ip {
+			n++
+		}
+	}
+	return n
+}
+
+// flushConntrack removes the host's conntrack entries from the pod.
+func flushConntrack(ip netip.Addr) {
+	netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, podFilter(ip))
+}
+
+const bpffsPrefix = "steerbench-bpffs-"
+
+// sweep removes what a killed earlier run left: its bpf file system (the
+// pinned programs go with it), the cache's address on lo, iptables rules.
+func sweep() {
+	removeIptables()
+	logs, _ := filepath.Glob(filepath.Join(os.TempDir(), "steerbench-node-cache-*.log"))
+	for _, l := range logs {
+		pid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(l), "steerbench-node-cache-"), ".log")
+		if _, err := os.Stat("/proc/" + pid); err != nil {
+			os.Remove(l)
+		}
+	}
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "bpf" {
+			continue
+		}
+		dir := f[1]
+		rest, ok := strings.CutPrefix(filepath.Base(dir), bpffsPrefix)
+		if !ok {
+			continue
+		}
+		parts := strings.SplitN(rest, "-", 3)
+		if len(parts) < 2 {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + parts[0]); err == nil {
+			continue // still running
+		}
+		unix.Unmount(dir, unix.MNT_DETACH)
+		os.Remove(dir)
+		if a, err := netip.ParseAddr(parts[1]); err == nil {
+			if lo, err := netlink.LinkByName("lo"); err == nil {
+				netlink.AddrDel(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}})
+			}
+		}
+	}
+}
+
+func randomAddr(prefix16 string) netip.Addr {
+	var b [2]byte
+	for {
+		rand.Read(b[:])
+		if b[1] != 0 && b[1] != 255 {
+			break
+		}
+	}
+	p := netip.MustParseAddr(prefix16 + ".0.0").As4()
+	return netip.AddrFrom4([4]byte{p[0], p[1], b[0], b[1]})
+}
+
+// freeLinkLocal is a 169.254.X.Y no interface holds.
+func freeLinkLocal() netip.Addr {
+	used := map[netip.Addr]bool{}
+	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				used[ip.Unmap()] = true
+			}
+		}
+	}
+	for {
+		a := randomAddr("169.254")
+		if !used[a] && a != netip.MustParseAddr("169.254.20.10") && a != netip.MustParseAddr("169.254.169.254") {
+			return a
+		}
+	}
+}
