@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"sync/atomic"
 	"syscall"
@@ -28,6 +29,8 @@ type Agent struct {
 	log   *slog.Logger
 	ready atomic.Bool
 	steer *steering // nil: not steering
+	// kernelCacheStop detaches the in-kernel cache; nil: none.
+	kernelCacheStop func()
 }
 
 // New returns an agent for a validated configuration.
@@ -64,6 +67,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			st.close()
 		}()
 	}
+
+	if err := a.startKernelCache(); err != nil {
+		return err
+	}
+	defer a.stopKernelCache()
 
 	var servers []*http.Server
 	defer func() {
@@ -115,7 +123,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.steer.beat(ctx)
 	}
 	a.ready.Store(true)
-	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil)
+	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil, "kernel_cache", a.kernelCacheStop != nil)
 
 	<-ctx.Done()
 	a.ready.Store(false)
@@ -154,4 +162,43 @@ func reusePort(_, _ string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// startKernelCache puts the in-kernel cache on pods' interfaces, answering
+// for the steering's local IPs. Where the kernel cannot run it, node-cache
+// goes on without it (an error only when --kernel-cache was given).
+func (a *Agent) startKernelCache() error {
+	kc := a.cfg.KernelCache
+	if !kc.On {
+		return nil
+	}
+	if a.steer == nil {
+		if kc.Explicit {
+			a.log.Warn("kernel cache: off: it answers queries to the steering's --local-ip, and node-cache is not steering")
+		}
+		return nil
+	}
+	var addrs []netip.Addr
+	for _, ip := range a.cfg.Steer.LocalIPs {
+		if ad, err := parseHostIP(ip); err == nil {
+			addrs = append(addrs, ad)
+		}
+	}
+	stop, err := startKernelCache(context.Background(), KernelCacheConfig{Addrs: addrs, MaxBytes: kc.MaxBytes}, a.log)
+	if err != nil {
+		if kc.Explicit {
+			return fmt.Errorf("kernel cache (--kernel-cache=false runs without it): %w", err)
+		}
+		a.log.Warn("kernel cache: off: this kernel cannot run it", "err", err)
+		return nil
+	}
+	a.kernelCacheStop = stop
+	return nil
+}
+
+func (a *Agent) stopKernelCache() {
+	if a.kernelCacheStop != nil {
+		a.kernelCacheStop()
+		a.kernelCacheStop = nil
+	}
 }

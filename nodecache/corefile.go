@@ -43,6 +43,9 @@ type Config struct {
 
 	// Steer is the eBPF steering of the cluster DNS VIP to the cache.
 	Steer Steer
+	// KernelCache answers hot names in the kernel, at pods' interfaces
+	// (with steering: it answers queries to the local IPs).
+	KernelCache KernelCache
 }
 
 // Mode names how the Corefile is made, for logs.
@@ -78,6 +81,11 @@ func (c *Config) LogAttrs() []any {
 func (c *Config) Validate() error {
 	if err := c.validateSteer(); err != nil {
 		return err
+	}
+	if c.KernelCache.On {
+		if err := c.KernelCache.validate(); err != nil {
+			return err
+		}
 	}
 	if c.Conf != "" {
 		if _, err := os.Stat(c.Conf); err != nil {

@@ -41,6 +41,8 @@ func main() {
 	fs.StringVar(&cfg.Steer.Cgroup, "cgroup", "", "steering: cgroup v2 directory the eBPF programs attach to (default: the cgroup v2 mount, detected)")
 	fs.StringVar(&cfg.Steer.BPFFS, "bpffs", "/sys/fs/bpf", "steering: bpf file system; programs, links and maps are pinned under PATH/dnsaccel (mounted if PATH is not one)")
 	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly")
+	fs.BoolVar(&cfg.KernelCache.On, "kernel-cache", true, "with steering: answer hot names in the kernel, at pods' interfaces (a tc program on each veth), without waking node-cache; where the kernel cannot run it, node-cache goes on without it")
+	fs.IntVar(&cfg.KernelCache.MaxBytes, "kernel-cache-max-bytes", nodecache.DefaultKernelCacheMaxBytes, "largest response (bytes) answered from the kernel; larger ones are answered by node-cache")
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
 	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs) and every --local-ip address (from --interface) node-cache created, then exit 0")
 	fs.Usage = func() {
@@ -75,6 +77,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Steer.UpstreamMark = uint32(m)
+	cfg.KernelCache.Explicit = fs.Changed("kernel-cache")
 	if *cleanup {
 		if err := nodecache.Cleanup(cfg.Steer, log); err != nil {
 			log.Error("cleanup", "err", err)

@@ -29,6 +29,9 @@ const (
 	MaxName = 128 // wire-format question name, root label included
 	MaxData = 512 // record bytes after the question
 	MaxTTLs = 32  // TTL fields aged per entry
+	// MaxResponseBytes is the largest response the program builds: header,
+	// the longest name, type and class, MaxData of records and an OPT.
+	MaxResponseBytes = 12 + MaxName + 4 + MaxData + 11
 )
 
 // Options configure the kernel cache.
