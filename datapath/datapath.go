@@ -87,6 +87,8 @@ func (o *Options) defaults() error {
 			return err
 		}
 		o.Cgroup = cg
+	} else {
+		o.Cgroup = hybridCgroup2(o.Cgroup)
 	}
 	if o.HeartbeatTimeout <= 0 {
 		o.HeartbeatTimeout = time.Second

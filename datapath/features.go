@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -100,4 +101,22 @@ func ensureBPFFS(path string) (bool, error) {
 		return false, fmt.Errorf("bpf file system: %s is not one and mounting one there failed: %w", path, err)
 	}
 	return true, nil
+}
+
+// hybridCgroup2 returns dir, or dir/unified when dir is not a cgroup v2 mount
+// but dir/unified is: the host's /sys/fs/cgroup of a hybrid layout (v1
+// controllers, v2 at unified), as a DaemonSet mounts it from the host.
+func hybridCgroup2(dir string) string {
+	if isCgroup2(dir) {
+		return dir
+	}
+	if u := filepath.Join(dir, "unified"); isCgroup2(u) {
+		return u
+	}
+	return dir
+}
+
+func isCgroup2(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }

@@ -41,7 +41,7 @@ func TestFillPillars(t *testing.T) {
 	}{
 		{name: "shipped Corefile", cfg: full, in: shipped, want: []string{
 			"cluster.local:53 {", "bind 169.254.20.10", "nodecache 10.96.0.11:53 {", "nodecache 10.0.0.2:53 10.0.0.3:53 {",
-			"health 169.254.20.10:8080", "k8s_autopath cluster.local {",
+			"k8s_autopath cluster.local {",
 		}},
 		{name: "ports stripped where an IP is wanted", cfg: Config{Steer: Steer{LocalIPs: []string{"[fd00::10]:53"}}},
 			in: "bind __PILLAR__LOCAL__DNS__", want: []string{"bind fd00::10"}},
