@@ -12,10 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 )
 
-func TestMain(m *testing.M) { cluster.Main(m) }
+func TestMain(m *testing.M) {
+	code := cluster.Run(m)
+	steertest.RemoveBinaries()
+	os.Exit(code)
+}
 
 // kustomizations lists every directory holding a kustomization.yaml.
 func kustomizations(t *testing.T) []string {
