@@ -245,7 +245,10 @@ func (e *env) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{e.nodeBin, "--steer=true", "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
+	// The kernel cache would answer the bench's one name before it reaches
+	// any socket: that is kcachebench's subject; here every path ends at
+	// node-cache's UDP socket.
+	args := append([]string{e.nodeBin, "--steer=true", "--kernel-cache=false", "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
 		"--listen", "127.0.0.1:" + strconv.Itoa(lp), "--upstream", upPC.LocalAddr().String(),
 		"--metrics", "", "--health", health}, steerFlags...)
 	cache, err := e.procs.Start("node-cache", e.cfg.ServerCPU, []string{"GOMAXPROCS=1"}, logPath, args...)
