@@ -1,0 +1,202 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/auth/credentials"
+
+	"github.com/dnsaccel/dnsaccel/cloud/openapi"
+	"github.com/dnsaccel/dnsaccel/cloud/pvtz/pvtztest"
+	"github.com/dnsaccel/dnsaccel/externaldns/endpoint"
+	"github.com/dnsaccel/dnsaccel/externaldns/registry"
+)
+
+func newProvider(t *testing.T, e *pvtztest.Emulator, mod func(*Config)) *Provider {
+	t.Helper()
+	cfg := Config{Endpoint: e.URL, Credential: credentials.NewStaticAKCredentialsProvider(pvtztest.AccessKeyID, pvtztest.AccessKeySecret),
+		BaseBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxAttempts: 30, Timeout: 3 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestZoneAndRecords(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	p := newProvider(t, e, nil)
+	ctx := context.Background()
+	if id, err := p.FindZone(ctx, "k8s.internal", ""); err != nil || id != "" {
+		t.Fatalf("FindZone before: %q %v", id, err)
+	}
+	zid, err := p.CreateZone(ctx, "k8s.internal", "vpc-1", "cn-hangzhou")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := p.FindZone(ctx, "k8s.internal.", "vpc-1"); err != nil || id != zid {
+		t.Fatalf("FindZone: %q %v", id, err)
+	}
+	if id, _ := p.FindZone(ctx, "k8s.internal", "vpc-2"); id != "" {
+		t.Fatalf("FindZone other vpc: %q", id)
+	}
+	// 250 records: three pages of 100.
+	for i := range 250 {
+		r := endpoint.Record{Name: fmt.Sprintf("h%d", i), Type: "A", Value: fmt.Sprintf("10.0.%d.%d", i/256, i%256), TTL: 60, Remark: registry.Remark("c1", "svc/ns/x")}
+		if _, err := p.Create(ctx, zid, "c1", r, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := e.Server.Stats()
+	recs, err := p.Records(ctx, zid, "")
+	if err != nil || len(recs) != 250 {
+		t.Fatalf("Records: %d %v", len(recs), err)
+	}
+	if d := e.Server.Stats().ByAction["DescribeZoneRecords"] - before.ByAction["DescribeZoneRecords"]; d != 3 {
+		t.Fatalf("listing 250 records took %d calls, want 3", d)
+	}
+	one, err := p.Records(ctx, zid, "h7")
+	if err != nil || len(one) != 1 || one[0].Value != "10.0.0.7" {
+		t.Fatalf("Records h7: %+v %v", one, err)
+	}
+	one[0].TTL = 300
+	if err := p.Update(ctx, one[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(ctx, one[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(ctx, one[0].ID); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	logs, err := p.ChangeLogs(ctx, zid, 5)
+	if err != nil || len(logs) != 5 || logs[0].Action != "DEL" {
+		t.Fatalf("ChangeLogs: %+v %v", logs, err)
+	}
+}
+
+func TestCreateConflictResolution(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	p := newProvider(t, e, nil)
+	ctx := context.Background()
+	zid, _ := p.CreateZone(ctx, "c.internal", "", "")
+	mine := endpoint.Record{Name: "a", Type: "A", Value: "10.0.0.1", TTL: 60, Remark: registry.Remark("c1", "svc/ns/a")}
+	id, err := p.Create(ctx, zid, "c1", mine, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Same create again (a retry after a lost answer): adopted, same id.
+	if id2, err := p.Create(ctx, zid, "c1", mine, false); err != nil || id2 != id {
+		t.Fatalf("repeat create: %d %v (first %d)", id2, err, id)
+	}
+	// Someone else's record: a conflict, untouched.
+	theirs := endpoint.Record{Name: "b", Type: "A", Value: "10.0.0.2", TTL: 60, Remark: "by hand"}
+	if _, err := p.Create(ctx, zid, "other", theirs, false); err != nil {
+		t.Fatal(err)
+	}
+	want := endpoint.Record{Name: "b", Type: "A", Value: "10.0.0.2", TTL: 60, Remark: registry.Remark("c1", "svc/ns/b")}
+	if _, err := p.Create(ctx, zid, "c1", want, false); !errors.Is(err, ErrConflict) {
+		t.Fatalf("create over unowned: %v", err)
+	}
+	recs, _ := p.Records(ctx, zid, "b")
+	if len(recs) != 1 || recs[0].Remark != "by hand" {
+		t.Fatalf("unowned record changed: %+v", recs)
+	}
+	// Adoption when asked.
+	if _, err := p.Create(ctx, zid, "c1", want, true); err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	recs, _ = p.Records(ctx, zid, "b")
+	if len(recs) != 1 || recs[0].Remark != want.Remark {
+		t.Fatalf("adopted record: %+v", recs)
+	}
+}
+
+// Under throttling and faults (503s and dropped connections, before and
+// after the change is applied), every create lands exactly once.
+func TestFaultsConverge(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	var mu sync.Mutex
+	codes := map[string]int{}
+	p := newProvider(t, e, func(c *Config) {
+		c.Observe = func(_ string, _ bool, code string, _ bool) { mu.Lock(); codes[code]++; mu.Unlock() }
+		c.QPS, c.Burst = 45, 10 // the client-side bucket near the server's 50: throttling still happens (faults, bursts)
+	})
+	ctx := context.Background()
+	zid, _ := p.CreateZone(ctx, "f.internal", "", "")
+	e.Server.SetFaults(50, 0.3, 0.1)
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 200; i += 4 {
+				r := endpoint.Record{Name: fmt.Sprintf("n%d", i), Type: "A", Value: "10.9.0.1", TTL: 60, Remark: registry.Remark("c1", "svc/ns/x")}
+				if _, err := p.Create(ctx, zid, "c1", r, false); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	e.Server.SetFaults(0, 0, 0)
+	recs, err := p.Records(ctx, zid, "")
+	if err != nil || len(recs) != 200 {
+		t.Fatalf("records %d, %v", len(recs), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if codes["Throttling.User"] == 0 || codes["ServiceUnavailable"] == 0 || codes["network"] == 0 || codes["Record.Invalid.Conflict"] == 0 {
+		t.Fatalf("faults not exercised: %v", codes)
+	}
+}
+
+func TestDryRunWritesNothing(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	real := newProvider(t, e, nil)
+	ctx := context.Background()
+	zid, _ := real.CreateZone(ctx, "d.internal", "", "")
+	id, _ := real.Create(ctx, zid, "c1", endpoint.Record{Name: "a", Type: "A", Value: "10.0.0.1", TTL: 60}, false)
+	var skipped []string
+	p := newProvider(t, e, func(c *Config) { c.DryRun = true; c.DryRunOut = func(op, d string) { skipped = append(skipped, op) } })
+	w0 := e.Writes()
+	p.Create(ctx, zid, "c1", endpoint.Record{Name: "b", Type: "A", Value: "10.0.0.2", TTL: 60}, false)
+	p.Update(ctx, endpoint.Record{ID: id, Name: "a", Type: "A", Value: "10.0.0.1", TTL: 5})
+	p.UpdateRemark(ctx, id, "x")
+	p.SetStatus(ctx, id, "DISABLE")
+	p.Delete(ctx, id)
+	p.CreateZone(ctx, "e.internal", "", "")
+	if w := e.Writes() - w0; w != 0 || len(skipped) != 6 {
+		t.Fatalf("dry run: %d writes, skipped %v", w, skipped)
+	}
+}
+
+func TestCredentialErrorNamesKey(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	p := newProvider(t, e, func(c *Config) {
+		c.Credential = credentials.NewStaticAKCredentialsProvider("LTAIwrongkey", "nope")
+	})
+	_, err := p.Zones(context.Background(), "", "")
+	var ce *CredentialError
+	if !errors.As(err, &ce) || ce.AccessKeyID != "LTAIwrongkey" {
+		t.Fatalf("error %v", err)
+	}
+	if got := e.Server.Stats().Total; got != 1 {
+		t.Fatalf("a rejected credential was retried: %d calls", got)
+	}
+}
