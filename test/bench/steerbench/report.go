@@ -84,7 +84,7 @@ func (rep *Report) targets() []target {
 	}
 	if len(rules) > 1 {
 		lo, hi := rules[0], rules[len(rules)-1]
-		for _, p := range []string{PathSteering, PathNotrack, PathIptables} {
+		for _, p := range []string{PathSteering, PathNotrack, PathKernel, PathIptables} {
 			a, ok1 := rep.get(p, lo)
 			b, ok2 := rep.get(p, hi)
 			if !ok1 || !ok2 {
@@ -126,7 +126,8 @@ func (rep *Report) Markdown() string {
 	p("each from a fresh UDP socket as glibc's resolver does (a load generator reusing sockets hides the per-flow NAT cost), for one name that `bin/node-cache` (pinned to core %d) answers from its cache. ", cfg.ServerCPU)
 	p("Paths: **%s** (the pod asks `--local-ip`), **%s** (the pod asks the VIP; node-cache's cgroup programs rewrite it at the socket), ", PathStraight, PathSteering)
 	p("**%s** (the pod asks another VIP; a kube-proxy-style `nat` rule DNATs it to the cache), ", PathIptables)
-	p("**%s** (steering, plus node-local-dns's `raw` NOTRACK rules for the cache's address while that path runs). ", PathNotrack)
+	p("**%s** (steering, plus node-local-dns's `raw` NOTRACK rules for the cache's address while that path runs), ", PathNotrack)
+	p("**%s** (node-cache's default: steering, with its in-kernel cache answering the hot name at the pod's veth, before netfilter; measured after the others, against a node-cache started with `--kernel-cache`; the others run with `--kernel-cache=false`). ", PathKernel)
 	p("The Service rules (`-d IP/32 -p udp|tcp --dport 53 -j ...`, as kube-proxy writes them into KUBE-SERVICES) sit in a chain jumped to from `nat PREROUTING`, ahead of the DNS VIP's DNAT rule, and are installed for every path: a kube-proxy node has them whatever path DNS takes. ")
 	p("Pod CPU is the querying thread's schedstat time (its syscalls and the softirq work done in its context, the host's routing and netfilter included); cache CPU is node-cache's, all threads. Conntrack counts the host's entries whose original source is the pod, per query. ")
 	p("Everything the program creates is removed at the end. Flags: `-rules`, `-queries`, `-rounds`, `-quick`, `-out`. This run took %s.\n\n", rep.Elapsed)
@@ -210,8 +211,8 @@ func (rep *Report) SVG() string {
 		p(`<text x="%.0f" y="%d" text-anchor="middle">%d</text>`+"\n", x(i), h-bottom+18, n)
 	}
 	p(`<text x="%d" y="%d" text-anchor="middle">Service rules</text>`+"\n", (left+w-right)/2, h-12)
-	colors := map[string]string{PathStraight: "#2a9d8f", PathSteering: "#264653", PathIptables: "#e76f51", PathNotrack: "#8d99ae"}
-	for k, path := range paths {
+	colors := map[string]string{PathStraight: "#2a9d8f", PathSteering: "#264653", PathIptables: "#e76f51", PathNotrack: "#8d99ae", PathKernel: "#e9c46a"}
+	for k, path := range allPaths {
 		var pts []string
 		for i, n := range rules {
 			if r, ok := rep.get(path, n); ok {

@@ -68,9 +68,17 @@ const (
 	// the cache's address added: what it takes to skip conntrack and the
 	// nat chains on a kube-proxy (iptables) node.
 	PathNotrack = "eBPF steering + NOTRACK"
+	// PathKernel is node-cache's default: steering, and hot names answered
+	// by the in-kernel cache at the pod's veth, before netfilter.
+	PathKernel = "eBPF steering + kernel cache"
 )
 
-var paths = []string{PathStraight, PathSteering, PathIptables, PathNotrack}
+// paths alternate within each round against one node-cache (kernel cache
+// off); PathKernel runs after them against a node-cache with it on.
+var (
+	paths    = []string{PathStraight, PathSteering, PathIptables, PathNotrack}
+	allPaths = append(append([]string{}, paths...), PathKernel)
+)
 
 // Result is one path at one rule count, all rounds together.
 type Result struct {
@@ -106,16 +114,22 @@ const (
 
 // env is what Run sets up and tears down.
 type env struct {
-	cfg      Config
-	pod      *netns.Pod
-	local    netip.Addr // the cache's address (on lo)
-	vip      netip.Addr // steered
-	dnatVIP  netip.Addr // DNATed by iptables
-	bpffs    string
-	procs    bench.Procs
-	cache    *bench.Proc
-	nodeBin  string
-	cleanups []func()
+	cfg     Config
+	pod     *netns.Pod
+	local   netip.Addr // the cache's address (on lo)
+	vip     netip.Addr // steered
+	dnatVIP netip.Addr // DNATed by iptables
+	bpffs   string
+	procs   bench.Procs
+	cache   *bench.Proc
+	nodeBin string
+	// What startCache needs to (re)start node-cache.
+	ports      *bench.Ports
+	health     string
+	logPath    string
+	steerFlags []string
+	upstream   string
+	cleanups   []func()
 }
 
 func (e *env) defer_(f func()) { e.cleanups = append(e.cleanups, f) }
@@ -241,21 +255,31 @@ func (e *env) setup(ctx context.Context) error {
 		os.Remove(logPath)
 	})
 	e.defer_(e.procs.StopAll)
-	lp, err := ports.Get()
+	e.ports, e.health, e.logPath, e.steerFlags, e.upstream = &ports, health, logPath, steerFlags, upPC.LocalAddr().String()
+	return e.startCache(false)
+}
+
+// startCache (re)starts node-cache, with or without its kernel cache.
+func (e *env) startCache(kernel bool) error {
+	if e.cache != nil {
+		e.cache.Stop()
+		e.cache = nil
+	}
+	lp, err := e.ports.Get()
 	if err != nil {
 		return err
 	}
-	// The kernel cache would answer the bench's one name before it reaches
-	// any socket: that is kcachebench's subject; here every path ends at
-	// node-cache's UDP socket.
-	args := append([]string{e.nodeBin, "--steer=true", "--kernel-cache=false", "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
-		"--listen", "127.0.0.1:" + strconv.Itoa(lp), "--upstream", upPC.LocalAddr().String(),
-		"--metrics", "", "--health", health}, steerFlags...)
-	cache, err := e.procs.Start("node-cache", e.cfg.ServerCPU, []string{"GOMAXPROCS=1"}, logPath, args...)
+	// Without the kernel cache every path ends at node-cache's UDP socket;
+	// with it (PathKernel) hot names are answered at the pod's veth.
+	args := append([]string{e.nodeBin, "--steer=true", "--kernel-cache=" + strconv.FormatBool(kernel), "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
+		"--listen", "127.0.0.1:" + strconv.Itoa(lp), "--upstream", e.upstream,
+		"--metrics", "", "--health", e.health}, e.steerFlags...)
+	cache, err := e.procs.Start("node-cache", e.cfg.ServerCPU, []string{"GOMAXPROCS=1"}, e.logPath, args...)
 	if err != nil {
 		return err
 	}
 	e.cache = cache
+	health := e.health
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if cache.Exited() {
@@ -394,8 +418,37 @@ func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 			lat[p] = append(lat[p], st.lat...)
 		}
 	}
+	// The default configuration: the kernel cache on (a node-cache of its
+	// own; the name is hot after the warm-up).
+	if err := e.startCache(true); err != nil {
+		return nil, err
+	}
+	defer e.startCache(false)
+	res[PathKernel] = &Result{Path: PathKernel, Rules: rules}
+	if _, err := e.run(targets[PathSteering], 200); err != nil {
+		return nil, fmt.Errorf("%s, warm-up: %w", PathKernel, err)
+	}
+	for round := 0; round < e.cfg.Rounds; round++ {
+		flushConntrack(e.pod.IP)
+		before := e.serverCPU()
+		st, err := e.run(targets[PathSteering], e.cfg.Queries)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", PathKernel, err)
+		}
+		r := res[PathKernel]
+		r.ServerCPU += e.serverCPU() - before
+		r.ClientCPU += st.cpu
+		r.Queries += e.cfg.Queries
+		r.Failed += st.failed
+		if r.FirstErr == "" && st.firstErr != nil {
+			r.FirstErr = st.firstErr.Error()
+		}
+		r.Conntrack += float64(countConntrack(e.pod.IP))
+		lat[PathKernel] = append(lat[PathKernel], st.lat...)
+	}
+
 	var out []Result
-	for _, p := range paths {
+	for _, p := range allPaths {
 		r := res[p]
 		l := lat[p]
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
