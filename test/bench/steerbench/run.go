@@ -400,22 +400,12 @@ func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 			if err := e.notrack(p == PathNotrack); err != nil {
 				return nil, err
 			}
-			before := e.serverCPU()
-			st, err := e.run(targets[p], e.cfg.Queries)
+			l, err := e.round(res[p], targets[p])
 			e.notrack(false)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)
 			}
-			r := res[p]
-			r.ServerCPU += e.serverCPU() - before
-			r.ClientCPU += st.cpu
-			r.Queries += e.cfg.Queries
-			r.Failed += st.failed
-			if r.FirstErr == "" && st.firstErr != nil {
-				r.FirstErr = st.firstErr.Error()
-			}
-			r.Conntrack += float64(countConntrack(e.pod.IP))
-			lat[p] = append(lat[p], st.lat...)
+			lat[p] = append(lat[p], l...)
 		}
 	}
 	// The default configuration: the kernel cache on (a node-cache of its
@@ -430,21 +420,11 @@ func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 	}
 	for round := 0; round < e.cfg.Rounds; round++ {
 		flushConntrack(e.pod.IP)
-		before := e.serverCPU()
-		st, err := e.run(targets[PathSteering], e.cfg.Queries)
+		l, err := e.round(res[PathKernel], targets[PathSteering])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", PathKernel, err)
 		}
-		r := res[PathKernel]
-		r.ServerCPU += e.serverCPU() - before
-		r.ClientCPU += st.cpu
-		r.Queries += e.cfg.Queries
-		r.Failed += st.failed
-		if r.FirstErr == "" && st.firstErr != nil {
-			r.FirstErr = st.firstErr.Error()
-		}
-		r.Conntrack += float64(countConntrack(e.pod.IP))
-		lat[PathKernel] = append(lat[PathKernel], st.lat...)
+		lat[PathKernel] = append(lat[PathKernel], l...)
 	}
 
 	var out []Result
@@ -463,6 +443,25 @@ func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 		out = append(out, *r)
 	}
 	return out, nil
+}
+
+// round sends one round of queries to `to`, adds its counts to r and
+// returns the latencies.
+func (e *env) round(r *Result, to netip.AddrPort) ([]time.Duration, error) {
+	before := e.serverCPU()
+	st, err := e.run(to, e.cfg.Queries)
+	if err != nil {
+		return nil, err
+	}
+	r.ServerCPU += e.serverCPU() - before
+	r.ClientCPU += st.cpu
+	r.Queries += e.cfg.Queries
+	r.Failed += st.failed
+	if r.FirstErr == "" && st.firstErr != nil {
+		r.FirstErr = st.firstErr.Error()
+	}
+	r.Conntrack += float64(countConntrack(e.pod.IP))
+	return st.lat, nil
 }
 
 type runStats struct {
