@@ -10,11 +10,13 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
+	"github.com/go-logr/logr/funcr"
 	"github.com/miekg/dns"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 )
 
 func init() { plugin.Register(pluginName, setup) }
@@ -189,7 +191,12 @@ func acquireIndex(cfg Config) (*sharedIndex, error) {
 	}
 	idx := NewIndex()
 	idx.onChange = func(n int) { indexPods.WithLabelValues(label).Set(float64(n)) }
-	ctx, cancel := context.WithCancel(context.Background())
+	// client-go logs through the logger in ctx: give it one of ours, so
+	// that it never reads klog's global logger, which CoreDNS's kubernetes
+	// plugin replaces during every (re)load while this index runs on.
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), funcr.New(func(prefix, args string) {
+		log.Infof("client-go: %s %s", prefix, args)
+	}, funcr.Options{})))
 	s := &sharedIndex{key: key, index: idx, refs: 1, cancel: cancel}
 	indexes[key] = s
 	indexSynced.WithLabelValues(label).Set(0)
