@@ -5,7 +5,7 @@ BINARIES := coredns node-cache pvtz-sync pvtzctl cloud-emulator
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build test demo bench generate lint clean deps kube images
+.PHONY: all build test demo demo-cache bench generate lint clean deps kube images
 
 all: build
 
@@ -26,6 +26,10 @@ test: deps build kube lint
 	$(GO) test -count=1 -race -timeout 10m ./plugin/...
 
 demo: deps build
+	$(GO) run ./hack/demo-cache
+
+# The node cache alone on loopback (make demo will become the whole node).
+demo-cache: deps build
 	$(GO) run ./hack/demo-cache
 
 bench: deps build kube
