@@ -36,6 +36,7 @@ bench: deps build kube
 	$(GO) run ./test/bench/dnsbench -out docs/benchmarks.md
 	$(GO) run ./test/bench/autopathbench -out docs/benchmarks.md
 	$(GO) run ./test/bench/steerbench -out docs/benchmarks.md
+	$(GO) run ./test/bench/kcachebench -out docs/benchmarks.md
 	$(GO) run ./test/bench/pvtzbench -out docs/benchmarks.md
 
 # bpf2go (pinned in go.mod as a tool) with Debian's clang; the datapath

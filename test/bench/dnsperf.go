@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,18 +51,26 @@ var (
 // runDNSPerf runs dnsperf pinned to cpu against 127.0.0.1 and parses its
 // summary.
 func runDNSPerf(ctx context.Context, cpu int, o perfOpts) (perfResult, string, error) {
-	args := []string{"dnsperf", "-s", "127.0.0.1", "-p", strconv.Itoa(o.Port), "-d", o.DataFile,
+	r, _, out, err := runDNSPerfAt(ctx, cpu, nil, "127.0.0.1", o)
+	return r, out, err
+}
+
+// runDNSPerfAt runs dnsperf pinned to cpu against server, its command line
+// prefixed by wrap (such as `ip netns exec NAME`), and parses its summary; it
+// also returns how dnsperf ended (its CPU times).
+func runDNSPerfAt(ctx context.Context, cpu int, wrap []string, server string, o perfOpts) (perfResult, *os.ProcessState, string, error) {
+	args := append(slices.Clone(wrap), "dnsperf", "-s", server, "-p", strconv.Itoa(o.Port), "-d", o.DataFile,
 		"-l", fmtSecs(o.Duration), "-c", strconv.Itoa(max(1, o.Clients)), "-T", strconv.Itoa(max(1, o.Threads)),
-		"-q", strconv.Itoa(max(1, o.Outstand)), "-t", fmtSecs(o.Timeout)}
+		"-q", strconv.Itoa(max(1, o.Outstand)), "-t", fmtSecs(o.Timeout))
 	if o.MaxQPS > 0 {
 		args = append(args, "-Q", strconv.Itoa(int(o.MaxQPS)))
 	}
-	out, err := runCmd(ctx, cpu, args...)
+	out, st, err := runCmdState(ctx, cpu, args...)
 	if err != nil {
-		return perfResult{}, out, err
+		return perfResult{}, st, out, err
 	}
 	r, err := parseDNSPerf(out)
-	return r, out, err
+	return r, st, out, err
 }
 
 func fmtSecs(d time.Duration) string {

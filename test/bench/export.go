@@ -3,9 +3,12 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Exported helpers for the other whole-system benchmarks under test/bench
@@ -100,4 +103,200 @@ func WriteJSON(path string, v any) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// PerfOpts are the options of a dnsperf run (RunDNSPerf), PerfResult its
+// parsed summary.
+type (
+	PerfOpts   = perfOpts
+	PerfResult = perfResult
+)
+
+// RunDNSPerf runs dnsperf pinned to cpu (taskset) against server:o.Port, its
+// command line prefixed by wrap (e.g. `ip netns exec NAME`, to run it in a
+// pod), and returns its summary, its own user and system CPU time (from
+// wait4's rusage: the utime and stime /proc/PID/stat shows) and its output.
+func RunDNSPerf(ctx context.Context, cpu int, wrap []string, server string, o PerfOpts) (r PerfResult, user, sys time.Duration, out string, err error) {
+	r, st, out, err := runDNSPerfAt(ctx, cpu, wrap, server, o)
+	if st != nil {
+		user, sys = st.UserTime(), st.SystemTime()
+	}
+	return r, user, sys, out, err
+}
+
+// LatResult is what RunLatGen measured.
+type LatResult = latResult
+
+// RunLatGen sends total queries to addr (IPv4 "IP:PORT") at a fixed rate
+// from nsock connected UDP sockets and measures every answer's latency: the
+// cache benchmark's open-loop generator. Its sockets are created by the
+// calling goroutine, so inside netns.Pod.Do they belong to the pod.
+func RunLatGen(ctx context.Context, addr string, queries [][]byte, total int, rate float64, nsock int, timeout time.Duration) (LatResult, error) {
+	return runLatGen(ctx, addr, queries, total, rate, nsock, timeout)
+}
+
+// CachedNames are the names of the cache benchmark's working set: the A
+// records of the upstream's zone (Peers.StartUpstream).
+func CachedNames() []string { return cachedNameList() }
+
+// WritePerfData writes names as a dnsperf data file of A queries.
+func WritePerfData(path string, names []string) error { return writePerfData(path, names) }
+
+// PackQueries packs one A query per name, for RunLatGen.
+func PackQueries(names []string) ([][]byte, error) { return packQueries(names) }
+
+// CPUTime is utime+stime of every thread, live and exited, of pid.
+func CPUTime(pid int) (time.Duration, error) { return cpuTime(pid) }
+
+// MachineSample is a reading of the whole machine's CPU time (SampleMachine).
+type MachineSample struct{ s machineSample }
+
+// SampleMachine reads the machine's CPU time from /proc/stat.
+func SampleMachine() (MachineSample, error) {
+	s, err := sampleMachine()
+	return MachineSample{s}, err
+}
+
+// BusySince is the CPU time the whole machine spent since prev in every
+// state but idle and iowait: online CPUs × the time elapsed, minus idle and
+// iowait time. With NO_HZ idle and iowait are measured at idle entry and
+// exit, while the other states (user, system, softirq, ...) are sampled at
+// timer ticks on kernels without VIRT_CPU_ACCOUNTING or IRQ_TIME_ACCOUNTING
+// (such as this Debian VM's), which misses or over-charges short bursts.
+func (s MachineSample) BusySince(prev MachineSample) time.Duration {
+	return time.Duration(s.s.cpus)*(s.s.at-prev.s.at) - (s.s.idle - prev.s.idle)
+}
+
+// TickBusySince is the same from the tick-sampled states: user, nice,
+// system, irq, softirq, steal (guest time is part of user and nice).
+func (s MachineSample) TickBusySince(prev MachineSample) time.Duration {
+	return s.s.ticks - prev.s.ticks
+}
+
+// WaitIdle waits up to maxWait for cpus to be idle (below 10% busy over 1 s)
+// and returns the last busy share (0..1); with maxWait 0 it returns 0 at once.
+func WaitIdle(ctx context.Context, cpus []int, maxWait time.Duration) float64 {
+	return waitIdle(ctx, cpus, maxWait)
+}
+
+// EnsureStockCoreDNS builds stock CoreDNS at the version go.mod pins into
+// StockCoreDNSPath, unless it is there already, and returns its path.
+func EnsureStockCoreDNS(ctx context.Context, root string, logf func(string, ...any)) (string, error) {
+	return ensureStockCoreDNS(ctx, root, logf)
+}
+
+// WaitReady polls addr (UDP) until it answers the first cached name
+// positively, failing early if p exits.
+func WaitReady(ctx context.Context, p *Proc, addr string) error { return waitReady(ctx, p.p, addr) }
+
+// Peers starts the cache benchmark's peers (stock CoreDNS, unbound,
+// dnsmasq) and its upstream for another benchmark, configured as dnsbench
+// runs them, but answering on an address of the caller's choice.
+type Peers struct{ e env }
+
+// NewPeers keeps configs and logs in dir, starts processes with procs
+// (pinned to serverCPU) and takes ports from ports; coreDNS is the stock
+// CoreDNS binary (EnsureStockCoreDNS).
+func NewPeers(dir string, procs *Procs, ports *Ports, coreDNS string, serverCPU int) *Peers {
+	return &Peers{e: env{dir: dir, serverCPU: serverCPU, procs: &procs.set, ports: &ports.a, coredns: coreDNS}}
+}
+
+// StartUpstream starts the authoritative upstream (stock CoreDNS, zone
+// bench.test with CachedNames) on 127.0.0.1 pinned to cpu, waits until it
+// answers and returns its address.
+func (ps *Peers) StartUpstream(ctx context.Context, cpu int) (string, error) {
+	port, err := ps.e.ports.get()
+	if err != nil {
+		return "", err
+	}
+	up, err := startUpstream(&ps.e, port, cpu)
+	if err != nil {
+		return "", err
+	}
+	ps.e.upstreamPort = port
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := waitReady(ctx, up, addr); err != nil {
+		return "", fmt.Errorf("upstream: %w", err)
+	}
+	return addr, nil
+}
+
+// Start starts the peer name ("coredns", "unbound", "dnsmasq") answering
+// on ip:port, forwarding to the upstream; it does not wait (WaitReady).
+func (ps *Peers) Start(name string, ip netip.Addr, port int) (*Proc, error) {
+	s, ok := lookupSystem(name)
+	if !ok || s.name == "node-cache" {
+		return nil, fmt.Errorf("unknown peer %q", name)
+	}
+	if why := s.check(&ps.e); why != "" {
+		return nil, errors.New(why)
+	}
+	e := ps.e
+	e.bind = ip.String()
+	p, err := s.start(&e, port)
+	if err != nil {
+		return nil, err
+	}
+	return &Proc{p: p}, nil
+}
+
+// Describe returns the peer's label, version and configuration notes.
+func (ps *Peers) Describe(ctx context.Context, name string) (label, version, notes string) {
+	s, ok := lookupSystem(name)
+	if !ok {
+		return name, "", ""
+	}
+	return s.label, s.version(ctx, &ps.e), s.notes
+}
+
+// Bar is one bar of a WriteBarChart panel.
+type Bar struct {
+	Label, Text string
+	Value       float64
+	Ours        bool // the project's colour; peers are grey
+	Hatch       bool // striped: a figure limited by something else
+}
+
+// Panel is a titled horizontal bar chart with a dashed marker at Mark
+// (none if 0). The font has upper-case letters, digits and punctuation.
+type Panel struct {
+	Title     string
+	Bars      []Bar
+	Mark      float64
+	MarkLabel string
+}
+
+// WriteBarChart renders the panels one below the other into a PNG, with
+// the cache benchmark's plot style.
+func WriteBarChart(path, title string, panels []Panel) error {
+	const w, panelH = 1100, 250
+	c := newCanvas(w, len(panels)*panelH+60)
+	c.text(20, 14, title, 2, colInk)
+	for i, pn := range panels {
+		bars := make([]bar, len(pn.Bars))
+		for j, b := range pn.Bars {
+			bars[j] = bar{label: b.Label, value: b.Value, text: b.Text, col: colPeer, hatch: b.Hatch}
+			if b.Ours {
+				bars[j].col = colOurs
+			}
+		}
+		c.hbars(20, 50+i*panelH, w-40, panelH-20, pn.Title, bars, pn.Mark, pn.MarkLabel)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return c.savePNG(path)
+}
+
+// CommandPath resolves a path given on a benchmark's command line (such as
+// bin/node-cache): as given when absolute or present relative to the
+// working directory, else relative to the module root.
+func CommandPath(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return RepoPath(p)
 }

@@ -160,6 +160,11 @@ func writePlot(path string, rep *Report) error {
 		qps, qpsMark, "TARGET")
 	c.hbars(20, 50+2*panelH, w-40, panelH-20, "MISS PATH: ADDED P50 LATENCY OVER UPSTREAM ALONE (LOWER IS BETTER)",
 		miss, 100, "TARGET 100 US")
+	return c.savePNG(path)
+}
+
+// savePNG writes the canvas to path as a PNG.
+func (c *canvas) savePNG(path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

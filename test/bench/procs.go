@@ -8,12 +8,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // clockTicks is USER_HZ, the unit of utime/stime in /proc/PID/stat. It is
@@ -158,21 +161,57 @@ func coreBusy(cpu int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	prefix := fmt.Sprintf("cpu%d ", cpu)
+	// user nice system idle iowait irq softirq steal guest guest_nice;
+	// guest time is already included in user and nice.
+	return procStatSum(b, fmt.Sprintf("cpu%d", cpu), 0, 1, 2, 7)
+}
+
+// machineSample is a reading of the whole machine's CPU time.
+type machineSample struct {
+	at    time.Duration // CLOCK_BOOTTIME
+	cpus  int           // cpuN lines in /proc/stat: online CPUs
+	idle  time.Duration // idle + iowait of all CPUs
+	ticks time.Duration // user, nice, system, irq, softirq, steal of all CPUs
+}
+
+func sampleMachine() (machineSample, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineSample{}, err
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return machineSample{}, err
+	}
+	s := machineSample{at: time.Duration(ts.Nano())}
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(l) > 3 && strings.HasPrefix(l, "cpu") && l[3] >= '0' && l[3] <= '9' {
+			s.cpus++
+		}
+	}
+	if s.idle, err = procStatSum(b, "cpu", 3, 4); err != nil {
+		return s, err
+	}
+	s.ticks, err = procStatSum(b, "cpu", 0, 1, 2, 5, 6, 7)
+	return s, err
+}
+
+// procStatSum sums the given fields (0 = user) of the line of cpu ("cpu"
+// for the whole machine, "cpuN" for one CPU) of /proc/stat's content b.
+func procStatSum(b []byte, cpu string, fields ...int) (time.Duration, error) {
+	prefix := cpu + " "
 	for _, l := range strings.Split(string(b), "\n") {
 		if !strings.HasPrefix(l, prefix) {
 			continue
 		}
-		var busy int64
-		// user nice system idle iowait irq softirq steal guest guest_nice;
-		// guest time is already included in user and nice.
+		var sum int64
 		for i, f := range strings.Fields(l)[1:] {
-			if i == 0 || i == 1 || i == 2 || i == 7 {
+			if slices.Contains(fields, i) {
 				v, _ := strconv.ParseInt(f, 10, 64)
-				busy += v
+				sum += v
 			}
 		}
-		return time.Duration(busy) * time.Second / clockTicks, nil
+		return time.Duration(sum) * time.Second / clockTicks, nil
 	}
 	return 0, fmt.Errorf("no %q line in /proc/stat", prefix)
 }
@@ -295,6 +334,13 @@ func onlineCPUs() []int {
 // process group, killing the group if ctx is cancelled, and returns its
 // combined output.
 func runCmd(ctx context.Context, cpu int, argv ...string) (string, error) {
+	out, _, err := runCmdState(ctx, cpu, argv...)
+	return out, err
+}
+
+// runCmdState is runCmd that also returns how the command ended (its CPU
+// times among it), nil if it did not start.
+func runCmdState(ctx context.Context, cpu int, argv ...string) (string, *os.ProcessState, error) {
 	if cpu >= 0 {
 		argv = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, argv...)
 	}
@@ -307,10 +353,10 @@ func runCmd(ctx context.Context, cpu int, argv ...string) (string, error) {
 	cmd.Stderr = &out
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		return out.String(), ctx.Err()
+		return out.String(), cmd.ProcessState, ctx.Err()
 	}
 	if err != nil {
-		return out.String(), fmt.Errorf("%s: %w\n%s", strings.Join(argv, " "), err, strings.TrimSpace(out.String()))
+		return out.String(), cmd.ProcessState, fmt.Errorf("%s: %w\n%s", strings.Join(argv, " "), err, strings.TrimSpace(out.String()))
 	}
-	return out.String(), nil
+	return out.String(), cmd.ProcessState, nil
 }

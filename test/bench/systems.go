@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,6 +28,26 @@ type env struct {
 	coredns        string // stock CoreDNS binary
 	nodeCache      string // node-cache binary
 	nodeCacheShown string // as given on the command line
+	// bind is the address the systems answer on ("" = 127.0.0.1); other
+	// benchmarks (Peers) set it to an address pods reach.
+	bind string
+}
+
+// bindIP is the address the systems answer on.
+func (e *env) bindIP() string {
+	if e.bind == "" {
+		return "127.0.0.1"
+	}
+	return e.bind
+}
+
+// accessControl is unbound's access-control lines: loopback, and everyone
+// when answering on another address (Peers: queries come from pods).
+func (e *env) accessControl() string {
+	if e.bind == "" {
+		return "access-control: 127.0.0.0/8 allow"
+	}
+	return "access-control: 0.0.0.0/0 allow"
 }
 
 // system is one DNS cache under test.
@@ -110,7 +131,7 @@ var systems = []*system{
 			}
 			return e.procs.start("node-cache", e.serverCPU, nil, filepath.Join(e.dir, "node-cache.log"),
 				e.nodeCache,
-				"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+				"--listen", net.JoinHostPort(e.bindIP(), strconv.Itoa(port)),
 				"--upstream", fmt.Sprintf("127.0.0.1:%d", e.upstreamPort),
 				"--metrics", fmt.Sprintf("127.0.0.1:%d", mp),
 				"--health", fmt.Sprintf("127.0.0.1:%d", hp))
@@ -145,7 +166,7 @@ var systems = []*system{
 			// The NodeLocal DNSCache Corefile (cluster.local block), minus
 			// reload/loop, which do no per-query work.
 			corefile := fmt.Sprintf(`.:%d {
-    bind 127.0.0.1
+    bind %s
     errors
     cache {
         success 9984 30
@@ -157,7 +178,7 @@ var systems = []*system{
     prometheus 127.0.0.1:%d
     health 127.0.0.1:%d
 }
-`, port, e.upstreamPort, mp, hp)
+`, port, e.bindIP(), e.upstreamPort, mp, hp)
 			cf := filepath.Join(e.dir, "Corefile.coredns")
 			if err := os.WriteFile(cf, []byte(corefile), 0o644); err != nil {
 				return nil, err
@@ -179,13 +200,13 @@ var systems = []*system{
 		start: func(e *env, port int) (*proc, error) {
 			conf := fmt.Sprintf(`server:
     num-threads: 1
-    interface: 127.0.0.1
+    interface: %s
     port: %d
     do-ip4: yes
     do-ip6: no
     do-udp: yes
     do-tcp: yes
-    access-control: 127.0.0.0/8 allow
+    %s
     username: ""
     chroot: ""
     directory: "%s"
@@ -210,7 +231,7 @@ remote-control:
 forward-zone:
     name: "."
     forward-addr: 127.0.0.1@%d
-`, port, e.dir, e.upstreamPort)
+`, e.bindIP(), port, e.accessControl(), e.dir, e.upstreamPort)
 			cf := filepath.Join(e.dir, "unbound.conf")
 			if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 				return nil, err
@@ -239,7 +260,7 @@ forward-zone:
 				"--log-facility=-",
 				"--server=127.0.0.1#"+strconv.Itoa(e.upstreamPort),
 				"--cache-size=10000", "--dns-forward-max=1000",
-				"--port="+strconv.Itoa(port), "--listen-address=127.0.0.1", "--bind-interfaces")
+				"--port="+strconv.Itoa(port), "--listen-address="+e.bindIP(), "--bind-interfaces")
 		},
 		notes: "`--no-daemon --conf-file=/dev/null --no-resolv --no-hosts --server=127.0.0.1#UP --cache-size=10000 " +
 			"--dns-forward-max=1000 --listen-address=127.0.0.1 --bind-interfaces`",
