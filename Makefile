@@ -1,7 +1,7 @@
 # dnsaccel — see README.md. Every target runs on Debian 12 as root.
 SHELL := /bin/bash
 GO ?= go
-BINARIES := coredns node-cache pvtz-sync pvtzctl cloud-emulator
+BINARIES := coredns node-cache pvtz-sync pvtzctl cloud-emulator eni-cni eni-agent
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
@@ -38,6 +38,7 @@ bench: deps build kube
 	$(GO) run ./test/bench/steerbench -out docs/benchmarks.md
 	$(GO) run ./test/bench/kcachebench -out docs/benchmarks.md
 	$(GO) run ./test/bench/pvtzbench -out docs/benchmarks.md
+	$(GO) run ./test/bench/enibench -out docs/benchmarks.md
 
 # bpf2go (pinned in go.mod as a tool) with Debian's clang; the datapath
 # package's TestGeneratedUpToDate (part of `make test`) fails when the

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/dnsaccel/dnsaccel/cloud/ecs"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cloud/pvtz"
 )
@@ -35,6 +36,7 @@ func main() {
 	throttleRate := fs.Float64("throttle-rate", 0, "fraction (0..1) of requests answered 400 Throttling.User whatever the rate (tests of retry paths)")
 	faultRate := fs.Float64("fault-rate", 0, "fraction (0..1) of requests answered with 503 ServiceUnavailable or a dropped connection, before or after the action ran")
 	latency := fs.Duration("latency", 0, "DURATION added to every API request")
+	localENIs := fs.Bool("local-enis", false, "ECS: an attached ENI becomes a kernel interface in this namespace (a veth into a \"vpc\" namespace routing the vSwitches); needs root")
 	reqLog := fs.String("request-log", "", "FILE to append the request log to as JSON lines (always readable at GET /_emulator/requests; no secrets)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: cloud-emulator [flags]\n\n"+
@@ -75,9 +77,11 @@ func main() {
 		RequestLog: logOut, Logger: log,
 	})
 	store := pvtz.NewStore()
+	var ecsStore *ecs.Store
 	// Products: one registration line each.
 	for _, reg := range []func() error{
 		func() error { return pvtz.Register(srv, store) },
+		func() (err error) { ecsStore, err = ecs.RegisterDefault(srv, *localENIs, log); return err },
 	} {
 		if err := reg(); err != nil {
 			log.Error("register product", "err", err)
@@ -116,7 +120,7 @@ func main() {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
-	if err := srv.Close(); err != nil {
+	if err := errors.Join(srv.Close(), ecsStore.Close()); err != nil {
 		log.Error("save state", "err", err)
 		os.Exit(1)
 	}

@@ -1,0 +1,418 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dnsaccel/dnsaccel/cni/api"
+)
+
+// fakeCloud is an in-memory ECS with scripted errors.
+type fakeCloud struct {
+	mu      sync.Mutex
+	next    int
+	enis    map[string]*ENI
+	calls   map[string]int
+	tokens  map[string][]string // action -> tokens seen
+	fail    map[string][]error  // action -> errors to return first
+	byToken map[string]any
+	ipsPer  int
+}
+
+func newFake(ipsPer int) *fakeCloud {
+	return &fakeCloud{enis: map[string]*ENI{}, calls: map[string]int{}, tokens: map[string][]string{}, fail: map[string][]error{}, byToken: map[string]any{}, ipsPer: ipsPer}
+}
+
+func (f *fakeCloud) hit(action, token string) error {
+	f.calls[action]++
+	if token != "" {
+		f.tokens[action] = append(f.tokens[action], token)
+	}
+	if errs := f.fail[action]; len(errs) > 0 {
+		f.fail[action] = errs[1:]
+		return errs[0]
+	}
+	return nil
+}
+
+func (f *fakeCloud) addr() netip.Addr {
+	f.next++
+	return netip.AddrFrom4([4]byte{10, 0, byte(f.next >> 8), byte(f.next)})
+}
+
+func (f *fakeCloud) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.hit("Create", r.Token); err != nil {
+		return nil, err
+	}
+	if e, ok := f.byToken[r.Token].(*ENI); ok {
+		c := *e
+		return &c, nil
+	}
+	f.next++
+	e := &ENI{ID: fmt.Sprintf("eni-%d", f.next), MAC: fmt.Sprintf("00:16:3e:00:00:%02x", f.next), VSwitchID: r.VSwitchID, Status: "Available", Name: r.Name, Type: "Secondary"}
+	for i := 0; i < r.Count; i++ {
+		e.IPs = append(e.IPs, f.addr())
+	}
+	e.Primary = e.IPs[0]
+	f.enis[e.ID] = e
+	f.byToken[r.Token] = e
+	c := *e
+	return &c, nil
+}
+
+func (f *fakeCloud) AttachENI(_ context.Context, id, inst string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.hit("Attach", ""); err != nil {
+		return err
+	}
+	f.enis[id].Status, f.enis[id].InstanceID = "InUse", inst
+	return nil
+}
+
+func (f *fakeCloud) DetachENI(_ context.Context, id, _ string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.hit("Detach", "")
+	if e := f.enis[id]; e != nil {
+		e.Status, e.InstanceID = "Available", ""
+	}
+	return nil
+}
+
+func (f *fakeCloud) DeleteENI(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.hit("Delete", "")
+	delete(f.enis, id)
+	return nil
+}
+
+func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string) ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.hit("Assign", token); err != nil {
+		return nil, err
+	}
+	if ips, ok := f.byToken[token].([]netip.Addr); ok {
+		return ips, nil
+	}
+	e := f.enis[id]
+	if len(e.IPs)+n > f.ipsPer {
+		return nil, &CloudError{Code: CodeIPQuota}
+	}
+	var got []netip.Addr
+	for i := 0; i < n; i++ {
+		got = append(got, f.addr())
+	}
+	e.IPs = append(e.IPs, got...)
+	f.byToken[token] = got
+	return got, nil
+}
+
+func (f *fakeCloud) UnassignIPs(_ context.Context, id string, ips []netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.hit("Unassign", "")
+	e := f.enis[id]
+	drop := map[netip.Addr]bool{}
+	for _, a := range ips {
+		drop[a] = true
+	}
+	var keep []netip.Addr
+	for _, a := range e.IPs {
+		if !drop[a] {
+			keep = append(keep, a)
+		}
+	}
+	e.IPs = keep
+	return nil
+}
+
+func (f *fakeCloud) DescribeENIs(_ context.Context, inst, name string) ([]ENI, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.hit("Describe", "")
+	var out []ENI
+	for _, e := range f.enis {
+		if (inst == "" || e.InstanceID == inst) && (name == "" || e.Name == name) {
+			c := *e
+			c.IPs = append([]netip.Addr(nil), e.IPs...)
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeCloud) InstanceLimits(context.Context, string) (Limits, error) {
+	return Limits{ENIs: 4, IPsPerENI: f.ipsPer}, nil
+}
+
+func (f *fakeCloud) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitch, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.hit("DescribeVSwitches", "")
+	var out []VSwitch
+	for i, id := range ids {
+		out = append(out, VSwitch{ID: id, Free: 100 - i})
+	}
+	return out, nil
+}
+
+func (f *fakeCloud) count(action string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[action]
+}
+
+// fakeMeta lists the MACs of attached ENIs.
+type fakeMeta struct{ c *fakeCloud }
+
+func (m fakeMeta) MACs(context.Context) ([]string, error) {
+	m.c.mu.Lock()
+	defer m.c.mu.Unlock()
+	var out []string
+	for _, e := range m.c.enis {
+		if e.Status == "InUse" {
+			out = append(out, e.MAC)
+		}
+	}
+	return out, nil
+}
+
+func (m fakeMeta) ENIInfo(context.Context, string) (ENIInfo, error) {
+	return ENIInfo{Gateway: netip.MustParseAddr("10.0.0.253"), CIDR: netip.MustParsePrefix("10.0.0.0/16")}, nil
+}
+
+func newTestPool(t *testing.T, c Cloud, f *fakeCloud, min, max int, limits Limits) (*Pool, *Store) {
+	t.Helper()
+	st, err := OpenStore(filepath.Join(t.TempDir(), "eni.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	p := NewPool(PoolConfig{InstanceID: "i-1", NodeIP: "10.0.0.1", VSwitches: []string{"vsw-1", "vsw-2"}, SecurityGroups: []string{"sg-1"},
+		MinIdle: min, MaxIdle: max, Limits: limits, QuotaBackoff: 200 * time.Millisecond, ErrorBackoff: 50 * time.Millisecond}, c, fakeMeta{f}, st, nil, nil, nil)
+	return p, st
+}
+
+func run(t *testing.T, p *Pool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func key(i int) api.Key { return api.Key{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"} }
+
+func TestWatermarksAndBatching(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 2, 8, Limits{ENIs: 4, IPsPerENI: 10})
+	run(t, p)
+	waitFor(t, "the pool to warm up", func() bool { return p.Status(api.ModeVeth).Idle >= 2 })
+	ctx := context.Background()
+	seen := map[string]bool{}
+	for i := 0; i < 25; i++ {
+		a, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth})
+		if err != nil {
+			t.Fatalf("alloc %d: %v; status %+v; calls %v", i, err, p.Status(api.ModeVeth), f.calls)
+		}
+		if seen[a.IP] {
+			t.Fatalf("%s handed out twice", a.IP)
+		}
+		seen[a.IP] = true
+		// Again for the same key: the same address.
+		b, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth})
+		if err != nil || b.IP != a.IP {
+			t.Fatalf("repeated alloc: %v %v", b, err)
+		}
+	}
+	waitFor(t, "the refill to settle", func() bool { s := p.Status(api.ModeVeth); return s.Idle >= 2 && s.Idle <= 8 })
+	calls := f.count("Create") + f.count("Attach") + f.count("Assign")
+	// 25 pods + up to 8 idle = 33 addresses in batches: 4 ENIs of 10 at most.
+	if calls > 12 {
+		t.Fatalf("%d create/attach/assign calls for 25 pods (create %d, assign %d): not batched", calls, f.count("Create"), f.count("Assign"))
+	}
+	if err := p.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 25; i++ {
+		if _, err := p.Release(key(i), "del"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "idle addresses to go back down to max-idle", func() bool { return p.Status(api.ModeVeth).Idle <= 8 })
+	if f.count("Unassign")+f.count("Delete") == 0 {
+		t.Fatal("nothing given back")
+	}
+}
+
+func TestClientTokenReusedOnThrottling(t *testing.T) {
+	f := newFake(10)
+	throttled := &CloudError{Action: "AssignPrivateIpAddresses", Code: CodeThrottling}
+	f.fail["Assign"] = []error{throttled, throttled}
+	l := NewLimited(f, 0, nil)
+	l.Base = time.Millisecond
+	e, err := l.CreateENI(context.Background(), CreateENIRequest{VSwitchID: "v", Count: 1, Token: "t-create"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, err := l.AssignIPs(context.Background(), e.ID, 3, "t-assign")
+	if err != nil || len(ips) != 3 {
+		t.Fatalf("assign: %v %v", ips, err)
+	}
+	if got := f.tokens["Assign"]; len(got) != 3 || got[0] != "t-assign" || got[1] != "t-assign" || got[2] != "t-assign" {
+		t.Fatalf("tokens on retries: %v", got)
+	}
+	// A lost answer: the same token again returns the same addresses.
+	again, err := l.AssignIPs(context.Background(), e.ID, 3, "t-assign")
+	if err != nil || fmt.Sprint(again) != fmt.Sprint(ips) {
+		t.Fatalf("repeat with the token: %v %v", again, err)
+	}
+	if n := len(f.enis[e.ID].IPs); n != 4 {
+		t.Fatalf("ENI has %d addresses, want 4", n)
+	}
+	// Non-retryable errors are not retried.
+	f.fail["Assign"] = []error{&CloudError{Code: CodeIPNotEnough}}
+	before := f.count("Assign")
+	if _, err := l.AssignIPs(context.Background(), e.ID, 1, "t-3"); !IsAddressShortage(err) || f.count("Assign") != before+1 {
+		t.Fatalf("IpNotEnough: %v after %d calls", err, f.count("Assign")-before)
+	}
+}
+
+func TestExhaustedAndRecovered(t *testing.T) {
+	f := newFake(10)
+	short := &CloudError{Action: "CreateNetworkInterface", Code: CodeIPNotEnough, Message: "not enough"}
+	f.fail["Create"] = []error{short, short}
+	p, _ := newTestPool(t, f, f, 0, 4, Limits{ENIs: 4, IPsPerENI: 10})
+	p.cfg.QuotaBackoff = 2 * time.Second // outlasts both failures, even on a loaded machine
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeVeth})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeTryAgainLater || !strings.Contains(ae.Msg, CodeIPNotEnough) {
+		t.Fatalf("alloc with both vSwitches short: %v", err)
+	}
+	if st := p.Status(api.ModeVeth); st.Ready || !strings.Contains(st.Reason, "vsw-1") || !strings.Contains(st.Reason, "vsw-2") {
+		t.Fatalf("status: %+v", st)
+	}
+	waitFor(t, "the backoff to expire", func() bool { return p.Status(api.ModeVeth).Ready })
+	if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeVeth}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestENILimit(t *testing.T) {
+	f := newFake(3)
+	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 2, IPsPerENI: 3}) // one secondary ENI of 3
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := p.Alloc(ctx, api.AllocRequest{Key: key(9), Mode: api.ModeVeth})
+	if err == nil || !strings.Contains(err.Error(), "ENI limit") {
+		t.Fatalf("4th address on a full node: %v", err)
+	}
+	if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(10), Mode: api.ModeExclusive}); err == nil {
+		t.Fatal("exclusive ENI beyond the limit")
+	}
+}
+
+type podSet map[string]bool
+
+func (s podSet) OnNode(context.Context) (map[string]bool, error) { return s, nil }
+
+func TestReconcile(t *testing.T) {
+	f := newFake(10)
+	p, st := newTestPool(t, f, f, 0, 10, Limits{ENIs: 4, IPsPerENI: 10})
+	ctx := context.Background()
+	e, _ := f.CreateENI(ctx, CreateENIRequest{VSwitchID: "vsw-1", Count: 4, Name: p.cfg.ENIName, Token: "x"})
+	_ = f.AttachENI(ctx, e.ID, "i-1")
+	leak, _ := f.CreateENI(ctx, CreateENIRequest{VSwitchID: "vsw-1", Count: 1, Name: p.cfg.ENIName, Token: "y"}) // never attached
+	_ = st.PutENI(eniRecord{ID: e.ID})
+	now := time.Now().UTC()
+	mk := func(k api.Key, ip netip.Addr, pod string, age time.Duration) {
+		_ = st.PutAlloc(&api.Allocation{Key: k, Mode: api.ModeVeth, IP: ip.String(), ENIID: e.ID, PodNamespace: "ns", PodName: pod, Created: now.Add(-age)})
+	}
+	mk(key(1), e.IPs[1], "live", time.Minute)
+	mk(key(2), e.IPs[2], "gone", time.Minute)                          // pod deleted while the agent was down
+	mk(key(3), e.IPs[3], "dup-old", 2*time.Minute)                     // older claim of the same address
+	mk(key(4), e.IPs[3], "dup-new", time.Second)                       // newer claim wins
+	mk(key(5), netip.MustParseAddr("10.9.9.9"), "noaddr", time.Minute) // the cloud does not have it
+	// A create interrupted by a crash: repeated with its token.
+	_ = st.PutOp(pendingOp{ID: "op1", Kind: "create", VSwitchID: "vsw-1", Count: 2, Token: "z"})
+	if err := p.Reconcile(ctx, podSet{"ns/live": true, "ns/dup-old": true, "ns/dup-new": true, "ns/noaddr": true}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range p.Allocations() {
+		got = append(got, a.PodName)
+	}
+	if strings.Join(got, ",") != "live,dup-new" {
+		t.Fatalf("kept %v, want live,dup-new", got)
+	}
+	if err := p.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+	if f.count("Create") != 3 || len(f.tokens["Create"]) != 3 || f.tokens["Create"][2] != "z" {
+		t.Fatalf("interrupted create not repeated with its token: %v", f.tokens["Create"])
+	}
+	if ops, _ := st.Ops(); len(ops) != 0 {
+		t.Fatalf("ops left: %v", ops)
+	}
+	run(t, p)
+	waitFor(t, "the never-attached ENI to be deleted", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		_, ok := f.enis[leak.ID]
+		return !ok
+	})
+	// 4 + 2 addresses, 2 in use.
+	if s := p.Status(api.ModeVeth); s.InUse != 2 || s.Idle != 4 {
+		t.Fatalf("status %+v", s)
+	}
+}
+
+func TestGC(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 10, Limits{ENIs: 4, IPsPerENI: 10})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := 0; i < 4; i++ {
+		if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var cleaned []string
+	p.HostCleanup = func(a api.Allocation) { cleaned = append(cleaned, a.ContainerID) }
+	rel := p.GC([]api.Key{key(1), key(3)})
+	if len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
+		t.Fatalf("GC released %v, cleaned %v, left %d", rel, cleaned, len(p.Allocations()))
+	}
+}
