@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -299,4 +300,12 @@ func CommandPath(p string) string {
 		return p
 	}
 	return RepoPath(p)
+}
+
+// FlagSet reports whether the command-line flag name was given explicitly
+// (so a -quick default must not override it).
+func FlagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -23,6 +23,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/dnsaccel/dnsaccel/test/bench"
 	"os"
 	"os/signal"
 	"strconv"
@@ -76,7 +77,7 @@ func main() {
 		}
 	}
 	if *quick {
-		cfg.ApplyQuick(flagSet)
+		cfg.ApplyQuick(bench.FlagSet)
 	}
 	cfg.Out = *out
 	cfg.Command = strings.Join(append([]string{"go run ./test/bench/autopathbench"}, os.Args[1:]...), " ")
@@ -100,12 +101,6 @@ func main() {
 	if rep.Failed() {
 		os.Exit(1)
 	}
-}
-
-func flagSet(name string) bool {
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }
 
 func parseInts(s string) ([]int, error) {

@@ -67,7 +67,7 @@ func main() {
 		}
 	}
 	if *quick {
-		cfg.ApplyQuick(flagSet)
+		cfg.ApplyQuick(bench.FlagSet)
 	}
 	cfg.Out, cfg.Plot, cfg.JSON = *out, *plot, *jsonOut
 	if cfg.Out != "" {
@@ -99,10 +99,4 @@ func main() {
 	if rep.Failed() {
 		os.Exit(1)
 	}
-}
-
-func flagSet(name string) bool {
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }

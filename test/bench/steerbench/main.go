@@ -28,6 +28,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/dnsaccel/dnsaccel/test/bench"
 	"os"
 	"os/signal"
 	"strconv"
@@ -57,7 +58,7 @@ func main() {
 		os.Exit(2)
 	}
 	if *quick {
-		cfg.ApplyQuick(flagSet)
+		cfg.ApplyQuick(bench.FlagSet)
 	}
 	if cfg.Queries < 10 || cfg.Rounds < 1 {
 		fmt.Fprintf(os.Stderr, "steerbench: -queries must be >= 10 and -rounds >= 1\n")
@@ -85,12 +86,6 @@ func main() {
 	if rep.Failed() {
 		os.Exit(1)
 	}
-}
-
-func flagSet(name string) bool {
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }
 
 func parseInts(s string) ([]int, error) {

@@ -208,15 +208,11 @@ func (e *env) setup(ctx context.Context) error {
 	// process and the cache's address so that a later run can clean up
 	// after a killed one.
 	sweep()
-	e.bpffs, err = os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", bpffsPrefix, os.Getpid(), e.local))
-	if err != nil {
+	var unmount func()
+	if e.bpffs, unmount, err = bench.PrivateBPFFS(bpffsPrefix, e.local.String()); err != nil {
 		return err
 	}
-	if err := unix.Mount("bpffs", e.bpffs, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(e.bpffs)
-		return fmt.Errorf("mounting a bpf file system: %w", err)
-	}
-	e.defer_(func() { unix.Unmount(e.bpffs, unix.MNT_DETACH); os.Remove(e.bpffs) })
+	e.defer_(unmount)
 
 	// The cache's upstream: a tiny authoritative server on loopback.
 	upPC, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -581,35 +577,15 @@ func sweep() {
 			os.Remove(l)
 		}
 	}
-	mounts, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 || f[2] != "bpf" {
-			continue
-		}
-		dir := f[1]
-		rest, ok := strings.CutPrefix(filepath.Base(dir), bpffsPrefix)
-		if !ok {
-			continue
-		}
-		parts := strings.SplitN(rest, "-", 3)
-		if len(parts) < 2 {
-			continue
-		}
-		if _, err := os.Stat("/proc/" + parts[0]); err == nil {
-			continue // still running
-		}
-		unix.Unmount(dir, unix.MNT_DETACH)
-		os.Remove(dir)
-		if a, err := netip.ParseAddr(parts[1]); err == nil {
+	// A killed run's bpf file system (the pins go with it) and its
+	// cache address on lo.
+	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
+		if a, err := netip.ParseAddr(tag); err == nil {
 			if lo, err := netlink.LinkByName("lo"); err == nil {
 				netlink.AddrDel(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}})
 			}
 		}
-	}
+	})
 }
 
 func randomAddr(prefix16 string) netip.Addr {
