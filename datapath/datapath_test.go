@@ -19,7 +19,6 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
-	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
 
@@ -34,23 +33,6 @@ const (
 	cacheAnswer = "10.12.0.1"
 	testMark    = 0x0d530000
 )
-
-// requireBPF skips (fails under CI=true) where steering cannot work,
-// with the reason datapath.Check gives.
-func requireBPF(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		cluster.SkipOrFail(t, "steering needs root (BPF, cgroups, network namespaces)")
-	}
-	cg, err := datapath.DetectCgroup2()
-	if err != nil {
-		cluster.SkipOrFail(t, "%v", err)
-	}
-	if err := datapath.Check(cg); err != nil {
-		cluster.SkipOrFail(t, "%v", err)
-	}
-	return cg
-}
 
 // fakeCache is a DNS server standing in for the node cache: it knows
 // cacheName and records the client addresses it sees.
@@ -115,7 +97,7 @@ func (fc *fakeCache) sawOnly(ip netip.Addr) bool {
 // heartbeat stops, adoption by a second process-like Attach, and Cleanup
 // leaving nothing in the kernel or the bpffs.
 func TestSteering(t *testing.T) {
-	cg := requireBPF(t)
+	cg := steertest.RequireBPF(t)
 	tp := steertest.New(t)
 	bpffs := steertest.BPFFS(t)
 	cache := startFakeCache(t, tp.Pod.HostIP)
@@ -317,7 +299,7 @@ func markedQuery(to netip.AddrPort, name string, mark uint32) (*dns.Msg, netip.A
 // VIP asked from an AF_INET socket and from a dual-stack AF_INET6 socket
 // (a v4-mapped address) is steered too.
 func TestSteeringIPv6(t *testing.T) {
-	cg := requireBPF(t)
+	cg := steertest.RequireBPF(t)
 	pod := netns.NewPod(t, netns.Options{IPv6: true})
 	bpffs := steertest.BPFFS(t)
 	cache6 := startFakeCache(t, pod.HostIPv6)
@@ -387,7 +369,7 @@ func TestSteeringIPv6(t *testing.T) {
 // racing a restart) both succeed; the second adopts the first's links
 // instead of attaching its own.
 func TestConcurrentAttach(t *testing.T) {
-	cg := requireBPF(t)
+	cg := steertest.RequireBPF(t)
 	bpffs := steertest.BPFFS(t)
 	opts := datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: time.Second}
 	var (

@@ -30,22 +30,6 @@ const (
 	cacheOnlyAnswer = "10.12.0.1"
 )
 
-// requireSteering skips (fails under CI=true) where eBPF steering cannot
-// run, naming the missing piece.
-func requireSteering(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		cluster.SkipOrFail(t, "steering tests need root (BPF, cgroups, network namespaces)")
-	}
-	cg, err := datapath.DetectCgroup2()
-	if err != nil {
-		cluster.SkipOrFail(t, "%v", err)
-	}
-	if err := datapath.Check(cg); err != nil {
-		cluster.SkipOrFail(t, "%v", err)
-	}
-}
-
 // nodeCacheProc is a running bin/node-cache.
 type nodeCacheProc struct {
 	name   string
@@ -109,7 +93,7 @@ type steerSetup struct {
 
 func newSteerSetup(t *testing.T) *steerSetup {
 	t.Helper()
-	requireSteering(t)
+	steertest.RequireBPF(t)
 	s := &steerSetup{Topology: steertest.New(t), bpffs: steertest.BPFFS(t)}
 	t.Cleanup(func() {
 		out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput()
@@ -568,7 +552,7 @@ func TestSteerBadInput(t *testing.T) {
 		}
 	}
 
-	requireSteering(t)
+	steertest.RequireBPF(t)
 	bpffs := steertest.BPFFS(t)
 	local := steertest.FreeLinkLocal(t)
 	t.Cleanup(func() {

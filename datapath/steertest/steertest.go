@@ -33,6 +33,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
@@ -519,3 +520,21 @@ func (c *RawClient) Exchange(wire []byte) (int, netip.AddrPort, error) {
 
 // Buf is the receive buffer of the last Exchange.
 func (c *RawClient) Buf() []byte { return c.buf[:] }
+
+// RequireBPF skips the test (fails it under CI=true) where eBPF steering
+// cannot run, with the reason datapath.Check gives, and returns the cgroup
+// v2 mount.
+func RequireBPF(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		cluster.SkipOrFail(t, "steering needs root (BPF, cgroups, network namespaces)")
+	}
+	cg, err := datapath.DetectCgroup2()
+	if err != nil {
+		cluster.SkipOrFail(t, "%v", err)
+	}
+	if err := datapath.Check(cg); err != nil {
+		cluster.SkipOrFail(t, "%v", err)
+	}
+	return cg
+}
