@@ -9,6 +9,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin/pkg/transport"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The UDP fast path.
@@ -32,10 +33,12 @@ import (
 
 // frontend is the fast path of one UDP listener address.
 type frontend struct {
-	addr   string // host:port
-	bit    uint64
-	srv    *dnsserver.Server
-	caches atomic.Pointer[[]*NodeCache] // blocks seen serving this listener
+	addr    string // host:port
+	bit     uint64
+	srv     *dnsserver.Server
+	caches  atomic.Pointer[[]*NodeCache] // blocks seen serving this listener
+	routes  atomic.Pointer[routeTable]   // where misses go; nil: all through the chain
+	mMisses prometheus.Counter           // fastpath_misses_total of the listener
 
 	misses chan struct{} // bounds concurrent hand-offs to the chain
 	stop   func()
@@ -121,7 +124,7 @@ func startFrontend(s *dnsserver.Server, nc *NodeCache) {
 		log.Warningf("fast path off for %s: too many listeners", addr)
 		return
 	}
-	fe := &frontend{addr: addr, bit: bit, srv: s, misses: make(chan struct{}, 4096)}
+	fe := &frontend{addr: addr, bit: bit, srv: s, misses: make(chan struct{}, 4096), mMisses: fastMisses.WithLabelValues(addr)}
 	fe.caches.Store(&[]*NodeCache{})
 	stop, err := fe.start(nc.opts.FastPath)
 	if err != nil {
@@ -129,6 +132,7 @@ func startFrontend(s *dnsserver.Server, nc *NodeCache) {
 		return
 	}
 	fe.stop = stop
+	fe.routes.Store(nc.blocks.routesFor(addr))
 	frontBits |= bit
 	setFrontend(addr, fe)
 	frontOwner[nc] = append(frontOwner[nc], fe)
@@ -201,26 +205,25 @@ func (fe *frontend) addCache(c *NodeCache) {
 }
 
 // answerFromCache renders the cached answer for the raw query pkt into dst,
-// or returns nil when the chain must handle it.
-func (fe *frontend) answerFromCache(dst, pkt []byte, now int64) []byte {
-	var q query
-	if parseQuery(pkt, &q) != nil {
-		return nil
+// or returns nil when the chain must handle it. It parses pkt into q and,
+// when that succeeds (parsed), returns its key, whose name aliases low.
+func (fe *frontend) answerFromCache(dst, pkt []byte, now int64, q *query, low *[maxName + 1]byte) (resp []byte, k key, parsed bool) {
+	if parseQuery(pkt, q) != nil {
+		return nil, k, false
 	}
-	var low [maxName + 1]byte
-	k := makeKey(lowerName(low[:], q.name), q.qtype, q.qclass, q.do, q.cd())
+	k = makeKey(lowerName(low[:], q.name), q.qtype, q.qclass, q.do, q.cd())
 	for _, c := range *fe.caches.Load() {
 		e := c.lookup(k)
 		if e == nil || e.fastOn.Load()&fe.bit == 0 || !e.fresh(now) {
 			continue
 		}
-		c.notePopularRaw(k, &q, e, now)
+		c.notePopularRaw(k, q, e, now)
 		c.noteHot(k, e, now)
 		limit := int(q.udpSize)
 		a := answer{id: q.id, rd: q.flags&flagRD != 0, name: q.name, hasOPT: q.hasOPT, do: q.do, limit: limit}
-		return e.render(dst, &a, now)
+		return e.render(dst, &a, now), k, true
 	}
-	return nil
+	return nil, k, true
 }
 
 // notePopularRaw is notePopular for a query the fast path parsed: the

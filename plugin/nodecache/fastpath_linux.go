@@ -231,6 +231,10 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
 	}
 	hits := fastHits.WithLabelValues(fe.addr)
 	passed := fastPassed.WithLabelValues(fe.addr)
+	var (
+		q   query
+		low [maxName + 1]byte
+	)
 	send := func(b []byte, to *net.UDPAddr) error { return sendTo(fd, b, to) }
 
 	for !stopping.Load() {
@@ -258,7 +262,8 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
 			if rmsgs[i].hdr.Flags&unix.MSG_TRUNC != 0 {
 				continue
 			}
-			if resp := fe.answerFromCache(scratch[out][:0], pkt, now); resp != nil {
+			resp, k, parsed := fe.answerFromCache(scratch[out][:0], pkt, now, &q, &low)
+			if resp != nil {
 				sbufs[out] = resp
 				smsgs[out].hdr.Name = rmsgs[i].hdr.Name
 				smsgs[out].hdr.Namelen = rmsgs[i].hdr.Namelen
@@ -267,15 +272,18 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
 				out++
 				continue
 			}
-			passed.Inc()
 			to := sockaddrToUDP(&rnames[i])
 			if to == nil {
 				continue
 			}
+			w := &fastWriter{local: local, remote: to, send: send}
+			if parsed && fe.missAsync(pkt, &q, k, w) {
+				continue
+			}
+			passed.Inc()
 			select {
 			case fe.misses <- struct{}{}:
 				cp := append([]byte(nil), pkt...)
-				w := &fastWriter{local: local, remote: to, send: send}
 				go func() {
 					defer func() { <-fe.misses }()
 					fe.serveMiss(cp, w)

@@ -29,6 +29,10 @@ var (
 		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "fastpath_passed_total",
 		Help: "Queries the UDP fast path handed to the plugin chain.",
 	}, []string{"listener"})
+	fastMisses = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "fastpath_misses_total",
+		Help: "Cache misses the UDP fast path sent upstream itself, without the plugin chain.",
+	}, []string{"listener"})
 	coalesced = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "coalesced_total",
 		Help: "Misses that waited for an upstream query already in flight instead of sending their own.",

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
@@ -76,7 +77,9 @@ type NodeCache struct {
 	// fastSafe is true when nothing before nodecache in its server block can
 	// change an answer, so the fast path may answer for the block.
 	fastSafe    bool
-	fastFilters []FastPathFilter // plugins in front that pass some answers only
+	fastFilters []FastPathFilter  // plugins in front that pass some answers only
+	cfg         *dnsserver.Config // the server block's (nil outside CoreDNS setup)
+	blocks      *instanceBlocks   // the instance's nodecache blocks (nil outside setup)
 
 	bg     sync.WaitGroup // prefetch and background refreshes
 	ctx    context.Context

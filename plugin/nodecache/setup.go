@@ -22,6 +22,9 @@ func setup(c *caddy.Controller) error {
 	}
 	nc := New(opts)
 	cfg := dnsserver.GetConfig(c)
+	nc.cfg = cfg
+	nc.blocks = blocksOf(c)
+	nc.blocks.add(nc)
 
 	c.OnStartup(func() error {
 		if err := nc.Start(); err != nil {

@@ -57,7 +57,19 @@ type conn struct {
 type waiter struct {
 	q    question
 	sent time.Time   // when registered; guarded by the conn's mu
-	ch   chan result // buffered; receives exactly one result
+	ch   chan result // buffered; receives exactly one result (nil if notify is set)
+	// notify, if set, takes the result instead of ch: the query of an
+	// ExchangeAsync, which has no goroutine waiting for it.
+	notify func(result)
+}
+
+// complete hands w its one result. It never blocks.
+func (w *waiter) complete(res result) {
+	if w.notify != nil {
+		w.notify(res)
+		return
+	}
+	w.ch <- res
 }
 
 type result struct {
@@ -221,7 +233,7 @@ func (c *conn) deliver(m *dns.Msg) {
 	c.lastAnswer = time.Now()
 	drained := c.retiring && len(c.pending) == 0
 	c.mu.Unlock()
-	w.ch <- result{msg: m}
+	w.complete(result{msg: m})
 	if drained {
 		c.kill(errRetired)
 	}
@@ -262,7 +274,7 @@ func (c *conn) shutdown(readErr error) {
 		}
 		err := &attemptError{to: u.addr.Host, reason: reason, retry: true, blame: &c.blamed, err: fmt.Errorf("connection lost with query in flight: %w", cause)}
 		for _, w := range pending {
-			w.ch <- result{err: err}
+			w.complete(result{err: err})
 		}
 	}
 }
@@ -358,37 +370,7 @@ func (u *upstream) acquire(ctx context.Context, w *waiter) (*conn, uint16, error
 			return nil, 0, ErrClosed
 		}
 		now := time.Now()
-		n := len(u.slots)
-		first := u.rr % n
-		u.rr++
-		if s := &u.slots[first]; s.c == nil && !s.dialing && !now.Before(u.nextDial) {
-			u.startDialLocked(first)
-		}
-
-		var best *conn
-		bestLoad, dialing, occupied := 0, false, 0
-		for k := range n {
-			s := &u.slots[(first+k)%n]
-			if s.c != nil && now.Sub(s.c.created) >= u.p.cfg.MaxConnAge {
-				u.retireLocked(s.c) // the timer has not fired yet
-			}
-			if s.dialing {
-				dialing = true
-			}
-			if s.c == nil {
-				continue
-			}
-			load, usable, dead := s.c.load()
-			if dead { // closing: its reader will remove it
-				s.c = nil
-				continue
-			}
-			occupied++
-			if usable && (best == nil || load < bestLoad) {
-				best, bestLoad = s.c, load
-			}
-		}
-
+		best, dialing, occupied := u.pickLocked(now)
 		if best != nil {
 			id, ok, retire := best.reserve(w)
 			if ok && retire {
@@ -400,15 +382,9 @@ func (u *upstream) acquire(ctx context.Context, w *waiter) (*conn, uint16, error
 			}
 			continue // lost a race with the conn closing: look again
 		}
-
+		n := len(u.slots)
 		if !dialing && !now.Before(u.nextDial) {
-			for i := range n {
-				if u.slots[i].c == nil && !u.slots[i].dialing {
-					u.startDialLocked(i)
-					dialing = u.slots[i].dialing
-					break
-				}
-			}
+			dialing = u.dialFreeSlotLocked()
 		}
 		if !dialing {
 			dialErr := u.dialErr
@@ -432,6 +408,78 @@ func (u *upstream) acquire(ctx context.Context, w *waiter) (*conn, uint16, error
 			return nil, 0, ErrClosed
 		}
 	}
+}
+
+// acquireReady is acquire without waiting: it reserves an ID for w on a
+// connection that is open now, or returns ok = false (having started a
+// dial, if one is due, for the queries that follow).
+func (u *upstream) acquireReady(w *waiter) (c *conn, id uint16, ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.p.closed.Load() {
+		return nil, 0, false
+	}
+	now := time.Now()
+	best, dialing, _ := u.pickLocked(now)
+	if best == nil {
+		if !dialing && !now.Before(u.nextDial) {
+			u.dialFreeSlotLocked()
+		}
+		return nil, 0, false
+	}
+	id, ok, retire := best.reserve(w)
+	if ok && retire {
+		u.retireLocked(best)
+	}
+	return best, id, ok
+}
+
+// pickLocked returns the least loaded usable connection of u (nil if none),
+// whether a dial is in progress, and how many slots hold a connection. It
+// starts the round-robin slot's dial when that slot is empty, and retires
+// connections past MaxConnAge.
+func (u *upstream) pickLocked(now time.Time) (best *conn, dialing bool, occupied int) {
+	n := len(u.slots)
+	first := u.rr % n
+	u.rr++
+	if s := &u.slots[first]; s.c == nil && !s.dialing && !now.Before(u.nextDial) {
+		u.startDialLocked(first)
+	}
+	bestLoad := 0
+	for k := range n {
+		s := &u.slots[(first+k)%n]
+		if s.c != nil && now.Sub(s.c.created) >= u.p.cfg.MaxConnAge {
+			u.retireLocked(s.c) // the timer has not fired yet
+		}
+		if s.dialing {
+			dialing = true
+		}
+		if s.c == nil {
+			continue
+		}
+		load, usable, dead := s.c.load()
+		if dead { // closing: its reader will remove it
+			s.c = nil
+			continue
+		}
+		occupied++
+		if usable && (best == nil || load < bestLoad) {
+			best, bestLoad = s.c, load
+		}
+	}
+	return best, dialing, occupied
+}
+
+// dialFreeSlotLocked starts dialling the first empty slot; it reports
+// whether a dial is now in progress.
+func (u *upstream) dialFreeSlotLocked() bool {
+	for i := range u.slots {
+		if u.slots[i].c == nil && !u.slots[i].dialing {
+			u.startDialLocked(i)
+			return u.slots[i].dialing
+		}
+	}
+	return false
 }
 
 // tcpAttempt sends r on a pipelined connection and waits for its answer

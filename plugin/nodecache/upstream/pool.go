@@ -100,34 +100,65 @@ func (p *Pool) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
-	if p.inflight.Add(1) > int64(p.cfg.MaxInflight) {
-		p.inflight.Add(-1)
-		overloadedTotal.Inc()
+	if !p.admit() {
 		return nil, ErrOverloaded
 	}
-	inflightGauge.Inc()
-	defer func() {
-		p.inflight.Add(-1)
-		inflightGauge.Dec()
-	}()
+	defer p.leave()
 
 	wire, err := packQuery(m)
 	if err != nil {
 		return nil, fmt.Errorf("upstream: packing query: %w", err)
 	}
-	r := &request{wire: wire, q: questionOf(m)}
+	resp, err := p.exchange(ctx, &request{wire: wire, q: questionOf(m)})
+	if err != nil {
+		return nil, err
+	}
+	resp.Id = m.Id
+	return resp, nil
+}
 
+// admit counts a query in flight, or reports false when MaxInflight are.
+func (p *Pool) admit() bool {
+	if p.inflight.Add(1) > int64(p.cfg.MaxInflight) {
+		p.inflight.Add(-1)
+		overloadedTotal.Inc()
+		return false
+	}
+	inflightGauge.Inc()
+	return true
+}
+
+// leave ends what admit counted.
+func (p *Pool) leave() {
+	p.inflight.Add(-1)
+	inflightGauge.Dec()
+}
+
+// exchange makes the attempts of one Exchange (see there) for r.
+func (p *Pool) exchange(ctx context.Context, r *request) (*dns.Msg, error) {
 	var buf [8]*upstream
 	cands, allDown := p.candidates(buf[:0])
-	var lastErr error
+	return p.attempts(ctx, r, cands, 0, allDown, nil)
+}
+
+// attempts tries cands[from:] in turn until one answers. An attempt at
+// cands[from-1] has already failed with lastErr when from > 0.
+func (p *Pool) attempts(ctx context.Context, r *request, cands []*upstream, from int, allDown bool, lastErr error) (*dns.Msg, error) {
 	retried := false
-	for i := 0; i < len(cands); i++ {
+	retry := func(err error) bool {
+		var ae *attemptError
+		return !retried && errors.As(err, &ae) && ae.retry
+	}
+	if from > 0 && from == len(cands) && retry(lastErr) {
+		retried = true
+		from--
+	}
+	for i := from; i < len(cands); i++ {
 		if ctx.Err() != nil {
 			break
 		}
 		resp, err := p.attempt(ctx, cands[i], r)
 		if err == nil {
-			resp.Id = m.Id
 			return resp, nil
 		}
 		if p.closed.Load() || errors.Is(err, ErrClosed) {
@@ -137,8 +168,7 @@ func (p *Pool) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		var ae *attemptError
-		if i == len(cands)-1 && !retried && errors.As(err, &ae) && ae.retry {
+		if i == len(cands)-1 && retry(err) {
 			// The connection died under the query and there is no other
 			// upstream left to move to: once more on a fresh connection.
 			retried = true
@@ -190,14 +220,23 @@ func (p *Pool) attempt(ctx context.Context, u *upstream, r *request) (*dns.Msg, 
 		u.succeeded()
 		return resp, nil
 	}
-	var ae *attemptError
-	if errors.As(err, &ae) && !p.closed.Load() && !errors.Is(ctx.Err(), context.Canceled) {
-		failuresTotal.WithLabelValues(u.addr.Host, ae.reason).Inc()
-		if ae.blame == nil || ae.blame.CompareAndSwap(false, true) {
-			u.failed()
-		}
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		p.noteFailure(u, err)
 	}
 	return nil, err
+}
+
+// noteFailure counts a failed attempt at u against its health (once per
+// broken connection) and in the failure metrics.
+func (p *Pool) noteFailure(u *upstream, err error) {
+	var ae *attemptError
+	if !errors.As(err, &ae) || p.closed.Load() {
+		return
+	}
+	failuresTotal.WithLabelValues(u.addr.Host, ae.reason).Inc()
+	if ae.blame == nil || ae.blame.CompareAndSwap(false, true) {
+		u.failed()
+	}
 }
 
 func (p *Pool) attemptProto(ctx context.Context, u *upstream, r *request, proto string) (*dns.Msg, error) {
