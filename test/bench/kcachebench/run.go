@@ -401,7 +401,9 @@ func (e *env) startNodeCache(ctx context.Context, kernel bool) (*server, error) 
 		}
 		port[i] = p
 	}
-	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo"}
+	// A NOTRACK table of its own name, never a real node-cache's.
+	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo",
+		"--notrack-table", fmt.Sprintf("kcachebench-%d", os.Getpid())}
 	cleanup := func() {
 		if out, err := exec.Command(e.nodeBin, append([]string{"--cleanup"}, steer...)...).CombinedOutput(); err != nil {
 			e.logf("node-cache --cleanup: %v: %s", err, out)
