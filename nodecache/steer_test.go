@@ -119,6 +119,15 @@ func newSteerSetup(t *testing.T) *steerSetup {
 	return s
 }
 
+func tableExists(t *testing.T, name string) bool {
+	t.Helper()
+	ok, err := notrack.Table{Name: name}.Exists()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
 func testTableName(prefix string) string {
 	var b [4]byte
 	rand.Read(b[:])
@@ -728,8 +737,8 @@ func TestSteerBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "cgroup v2") {
 		t.Errorf("--cgroup on a non-cgroup2 directory: want an error naming cgroup v2, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// No BPF permission: the same, as an unprivileged user.
@@ -741,8 +750,8 @@ func TestSteerBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "BPF permission") {
 		t.Errorf("as an unprivileged user: want an error naming the BPF permission, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// --steer=false: the plain cache, no BPF, no address.
@@ -754,8 +763,8 @@ func TestSteerBadInput(t *testing.T) {
 	if r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, listen); err != nil || len(r.Answer) != 1 {
 		t.Errorf("--steer=false cache on %s: %v %v", listen, err, r)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("--steer=false set up the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("--steer=false set up the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 }
 

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -260,7 +259,7 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	health := "127.0.0.1:" + strconv.Itoa(hp)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("steerbench-node-cache-%d.log", os.Getpid()))
-	e.table = notrack.Table{Name: fmt.Sprintf("%s%d", tablePrefix, os.Getpid())}
+	e.table = notrack.Table{Name: bench.NotrackTable(tablePrefix)}
 	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo", "--notrack-table", e.table.Name}
 	e.defer_(func() {
 		exec.Command(e.nodeBin, append([]string{"--cleanup"}, steerFlags...)...).Run()
@@ -544,7 +543,7 @@ func flushConntrack(ip netip.Addr) {
 
 const (
 	bpffsPrefix = "steerbench-bpffs-"
-	tablePrefix = "steerbench-" // node-cache's NOTRACK table: steerbench-<pid>
+	tablePrefix = "steerbench" // node-cache's NOTRACK table: steerbench-<pid>
 )
 
 // sweep removes what a killed earlier run left: its bpf file system (the
@@ -552,18 +551,7 @@ const (
 // node-cache's NOTRACK table.
 func sweep() {
 	removeIptables()
-	if c, err := nftables.New(); err == nil {
-		tables, _ := c.ListTablesOfFamily(nftables.TableFamilyINet)
-		for _, t := range tables {
-			pid, ok := strings.CutPrefix(t.Name, tablePrefix)
-			if _, err := strconv.Atoi(pid); !ok || err != nil {
-				continue
-			}
-			if _, err := os.Stat("/proc/" + pid); err != nil {
-				notrack.Table{Name: t.Name}.Remove()
-			}
-		}
-	}
+	bench.SweepNotrackTables(tablePrefix)
 	logs, _ := filepath.Glob(filepath.Join(os.TempDir(), "steerbench-node-cache-*.log"))
 	for _, l := range logs {
 		pid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(l), "steerbench-node-cache-"), ".log")
