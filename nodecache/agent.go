@@ -48,6 +48,8 @@ var prometheusDirective = regexp.MustCompile(`(?m)^\s*prometheus(\s|$)`)
 // it stops the heartbeat and keeps serving until a successor beats or the
 // heartbeat has expired (pods then use the cluster DNS), and only then stops
 // CoreDNS. Addresses and pins stay for the successor; --cleanup removes them.
+// The NOTRACK table stays too, unless no node-cache serves after this one
+// (see steering.releaseNotrack).
 func (a *Agent) Run(ctx context.Context) error {
 	corefile, name, err := a.cfg.Source()
 	if err != nil {

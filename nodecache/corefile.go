@@ -72,7 +72,7 @@ func (c *Config) LogAttrs() []any {
 	}
 	attrs = append(attrs, "listen", c.listenAddrs(), "upstreams", c.Upstreams, "steer", c.Steer.Enabled())
 	if c.Steer.Enabled() {
-		attrs = append(attrs, "cluster-dns", c.Steer.ClusterDNS, "cluster-dns-from", c.Steer.ClusterDNSFrom, "local-ip", c.Steer.LocalIPs)
+		attrs = append(attrs, "cluster-dns", c.Steer.ClusterDNS, "cluster-dns-from", c.Steer.ClusterDNSFrom, "local-ip", c.Steer.LocalIPs, "notrack", c.Steer.Notrack)
 	}
 	return attrs
 }

@@ -2,12 +2,15 @@ package nodecache
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,9 +20,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -89,29 +97,128 @@ func (p *nodeCacheProc) stop(t *testing.T, within time.Duration) {
 type steerSetup struct {
 	*steertest.Topology
 	bpffs string
+	// notrack is node-cache's NOTRACK table, in the host's namespace (where
+	// node-cache runs), under a name of this test's own so that it never
+	// touches a real node-cache's table.
+	notrack notrack.Table
 }
 
 func newSteerSetup(t *testing.T) *steerSetup {
 	t.Helper()
 	steertest.RequireBPF(t)
-	s := &steerSetup{Topology: steertest.New(t), bpffs: steertest.BPFFS(t)}
+	s := &steerSetup{Topology: steertest.New(t), bpffs: steertest.BPFFS(t), notrack: notrack.Table{Name: testTableName("dnsaccel-test")}}
 	t.Cleanup(func() {
 		out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput()
 		if err != nil {
 			t.Errorf("node-cache --cleanup: %v\n%s", err, out)
 		}
+		if removed, err := s.notrack.Remove(); removed || err != nil {
+			t.Errorf("nftables table inet %s still there after --cleanup (removed now: %v, %v)", s.notrack.Name, removed, err)
+		}
 	})
 	return s
 }
 
+func tableExists(t *testing.T, name string) bool {
+	t.Helper()
+	ok, err := notrack.Table{Name: name}.Exists()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+func testTableName(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%x", prefix, os.Getpid(), b)
+}
+
 func (s *steerSetup) cleanupArgs() []string {
-	return []string{"--cleanup", "--bpffs", s.bpffs, "--local-ip", s.LocalIP.String(), "--interface", "lo"}
+	return []string{"--cleanup", "--bpffs", s.bpffs, "--local-ip", s.LocalIP.String(), "--interface", "lo", "--notrack-table", s.notrack.Name}
 }
 
 // steerArgs are the steering flags of node-cache in this setup.
 func (s *steerSetup) steerArgs(timeout time.Duration) []string {
 	return []string{"--steer=true", "--cluster-dns", s.VIP.String(), "--local-ip", s.LocalIP.String(),
-		"--interface", "lo", "--bpffs", s.bpffs, "--heartbeat-timeout", timeout.String()}
+		"--interface", "lo", "--bpffs", s.bpffs, "--heartbeat-timeout", timeout.String(), "--notrack-table", s.notrack.Name}
+}
+
+// notrackOwners is who owns node-cache's NOTRACK table (nil: no table),
+// after checking that its rules are the ones for the local IP.
+func (s *steerSetup) notrackOwners(t *testing.T) []string {
+	t.Helper()
+	ok, err := s.notrack.Exists()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return nil
+	}
+	rules, err := s.notrack.Rules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, ch := range []string{notrack.ChainPrerouting, notrack.ChainOutput} {
+		for _, r := range []string{"daddr %s udp dport", "daddr %s tcp dport", "saddr %s udp sport", "saddr %s tcp sport"} {
+			want = append(want, ch+": ip "+fmt.Sprintf(r, s.LocalIP)+" 53 notrack")
+		}
+	}
+	if !slices.Equal(rules, want) {
+		t.Errorf("table inet %s rules:\n%s\nwant:\n%s", s.notrack.Name, strings.Join(rules, "\n"), strings.Join(want, "\n"))
+	}
+	owners, err := s.notrack.Owners()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return owners
+}
+
+// trackConnections makes the host's namespace track connections while the
+// test runs, as kube-proxy's nat rules do on a node: a ct expression in an
+// nftables table of the test's own (conntrack's hooks are registered per
+// namespace, on demand).
+func trackConnections(t *testing.T) {
+	t.Helper()
+	name := testTableName("dnsaccel-test-ct")
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := c.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+	for _, hook := range []*nftables.ChainHook{nftables.ChainHookPrerouting, nftables.ChainHookOutput} {
+		ch := c.AddChain(&nftables.Chain{Name: fmt.Sprintf("h%d", *hook), Table: tb, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: nftables.ChainPriorityFilter})
+		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{byte(expr.CtStateBitNEW), 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Counter{},
+		}})
+	}
+	if err := c.Flush(); err != nil {
+		t.Skipf("nftables not available: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := (notrack.Table{Name: name}).Remove(); err != nil {
+			t.Errorf("removing table inet %s: %v", name, err)
+		}
+	})
+}
+
+// conntrackFlows are the host's conntrack entries as "proto src -> dst:port".
+func conntrackFlows(t *testing.T) []string {
+	t.Helper()
+	fl, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		t.Fatalf("conntrack list: %v", err)
+	}
+	var out []string
+	for _, f := range fl {
+		proto := map[uint8]string{unix.IPPROTO_UDP: "udp", unix.IPPROTO_TCP: "tcp"}[f.Forward.Protocol]
+		out = append(out, fmt.Sprintf("%s %s -> %s", proto, f.Forward.SrcIP, net.JoinHostPort(f.Forward.DstIP.String(), fmt.Sprint(f.Forward.DstPort))))
+	}
+	return out
 }
 
 type answer struct {
@@ -226,10 +333,15 @@ func pinnedIDs(t *testing.T, bpffs string) (ids []string, stillThere func() erro
 // by node-cache (a name only the cache's upstream knows), over UDP (dig, a
 // raw socket, glibc's getent) and TCP; the reply comes from the VIP; the
 // cache sees the pod's own address; the cache's own upstream queries to the
-// VIP are not steered back to it. SIGTERM leaves the pins and address for a
-// successor (queries fall back meanwhile); --cleanup removes everything.
+// VIP are not steered back to it. On a host that tracks connections, the
+// pod's steered queries leave no conntrack entry (node-cache's NOTRACK
+// table) while the cache's own upstream connection is tracked. SIGTERM
+// leaves the pins and address for a successor (queries fall back
+// meanwhile) and, with no successor, removes the NOTRACK table; --cleanup
+// removes everything.
 func TestSteerFromPods(t *testing.T) {
 	s := newSteerSetup(t)
+	trackConnections(t)
 	zone := dnstest.NewZone(t)
 	zone.Add(t, cacheOnlyName+" 30 IN A "+cacheOnlyAnswer)
 	metrics := freeAddr(t)
@@ -252,6 +364,9 @@ cache-only.steer.test:53 {
 	nc := startNodeCache(t, "node-cache", append(s.steerArgs(time.Second), "--conf", conf, "--metrics", metrics)...)
 	if ok, _ := steertest.HasAddr("lo", s.LocalIP); !ok {
 		t.Fatalf("--local-ip %s not on lo", s.LocalIP)
+	}
+	if owners := s.notrackOwners(t); len(owners) != 1 {
+		t.Errorf("NOTRACK table inet %s after start: owners %v, want node-cache's", s.notrack.Name, owners)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -287,8 +402,20 @@ cache-only.steer.test:53 {
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
 		t.Errorf("cluster DNS saw %v (err %v), want the node's %s (the cache's upstream query)", saw, err, s.DNS.HostIP)
 	}
+	// Conntrack: nothing from the pod to the cache (every query above was
+	// steered there), but the cache's upstream connection to the VIP.
+	flows := conntrackFlows(t)
+	toCache := func(f string) bool {
+		return strings.HasPrefix(f, "udp "+s.Pod.IP.String()+" -> ") || strings.HasPrefix(f, "tcp "+s.Pod.IP.String()+" -> ")
+	}
+	if slices.ContainsFunc(flows, toCache) {
+		t.Errorf("steered queries from the pod created conntrack entries (NOTRACK table not applied): %v", slices.DeleteFunc(slices.Clone(flows), func(f string) bool { return !toCache(f) }))
+	}
+	if up := fmt.Sprintf("tcp %s -> %s", s.DNS.HostIP, netip.AddrPortFrom(s.VIP, 53)); !slices.Contains(flows, up) {
+		t.Errorf("no conntrack entry %q for the cache's own upstream connection (it must stay tracked); entries: %v", up, flows)
+	}
 	body := httpBody(t, metrics, "/metrics")
-	for _, want := range []string{"dnsaccel_nodecache_steering_attached 1", "dnsaccel_nodecache_steering_table_entries 2",
+	for _, want := range []string{"dnsaccel_nodecache_steering_attached 1", "dnsaccel_nodecache_steering_table_entries 2", "dnsaccel_nodecache_steering_notrack 1",
 		"dnsaccel_nodecache_steering_heartbeat_age_seconds", `dnsaccel_nodecache_steering_operations_total{result="steered"}`,
 		`dnsaccel_nodecache_steering_operations_total{result="own_socket"}`} {
 		if !strings.Contains(body, want) {
@@ -307,6 +434,12 @@ cache-only.steer.test:53 {
 	}
 	if ok, _ := steertest.HasAddr("lo", s.LocalIP); !ok {
 		t.Error("--local-ip removed on SIGTERM")
+	}
+	if owners := s.notrackOwners(t); owners != nil {
+		t.Errorf("NOTRACK table still there after SIGTERM with no successor (owners %v)", owners)
+	}
+	if !strings.Contains(nc.logs.String(), "removed the NOTRACK table") {
+		t.Errorf("no log line for removing the NOTRACK table:\n%s", nc.logs.String())
 	}
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.Pod.IP {
 		t.Errorf("after SIGTERM the cluster DNS saw %v (err %v), want the pod's %s directly", saw, err, s.Pod.IP)
@@ -334,17 +467,23 @@ cache-only.steer.test:53 {
 // DNS within --heartbeat-timeout + 1 s, with nothing done in user space; a
 // new node-cache adopts the pinned programs; restarts (new process, then
 // SIGTERM to the old) under >= 1,000 queries/s from a pod lose nothing and
-// never even fall back to the cluster DNS.
+// never even fall back to the cluster DNS. The NOTRACK table survives the
+// kill -9 and every handover (each successor takes it over), goes with
+// --notrack=false, and --cleanup removes it with the rest.
 func TestSteerKillAndRestart(t *testing.T) {
 	s := newSteerSetup(t)
 	const timeout = time.Second
-	listen := freeAddr(t) // shared by all three, as the local IP is
-	args := func() []string {
-		return append(s.steerArgs(timeout), "--listen", listen, "--upstream", s.VIP.String()+":53", "--metrics", "")
+	listen := freeAddr(t) // shared by all of them, as the local IP is
+	args := func(extra ...string) []string {
+		return append(append(s.steerArgs(timeout), "--listen", listen, "--upstream", s.VIP.String()+":53", "--metrics", ""), extra...)
 	}
 	a := startNodeCache(t, "node-cache A", args()...)
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
 		t.Fatalf("with A running the cluster DNS saw %v (err %v), want the node's %s", saw, err, s.DNS.HostIP)
+	}
+	ownersA := s.notrackOwners(t)
+	if len(ownersA) != 1 {
+		t.Fatalf("NOTRACK table with A running: owners %v, want A", ownersA)
 	}
 
 	// kill -9: the kernel stops steering once the heartbeat is stale.
@@ -365,10 +504,18 @@ func TestSteerKillAndRestart(t *testing.T) {
 		t.Errorf("fallback took %s, want <= heartbeat timeout %s + 1s", recovered, timeout)
 	}
 
-	// A new node-cache adopts the pinned links and steers again.
-	b := startNodeCache(t, "node-cache B", args()...)
+	if owners := s.notrackOwners(t); !slices.Equal(owners, ownersA) {
+		t.Errorf("NOTRACK table after kill -9 of A: owners %v, want A's %v still", owners, ownersA)
+	}
+
+	// A new node-cache adopts the pinned links and steers again; with
+	// --notrack=false it removes the table A left.
+	b := startNodeCache(t, "node-cache B", args("--notrack=false")...)
 	if !strings.Contains(b.logs.String(), `"adopted-links":8`) {
 		t.Errorf("B did not adopt the pinned links:\n%s", b.logs.String())
+	}
+	if owners := s.notrackOwners(t); owners != nil {
+		t.Errorf("B runs with --notrack=false, but the NOTRACK table is there (owners %v)", owners)
 	}
 	steertest.WaitFor(t, "steering through B", 5*time.Second, func() bool {
 		saw, err := s.whoSaw(t, time.Second)
@@ -382,12 +529,22 @@ func TestSteerKillAndRestart(t *testing.T) {
 	load := startLoad(t, s, 8, 1600)
 	steertest.WaitFor(t, "load running", 10*time.Second, func() bool { return load.total() >= 300 })
 	old := b
+	var prevOwners []string
 	for _, name := range []string{"node-cache C", "node-cache D"} {
 		next := startNodeCache(t, name, args()...)
+		owners := s.notrackOwners(t)
+		if len(owners) != 1 || slices.Equal(owners, prevOwners) {
+			t.Errorf("NOTRACK table with %s started: owners %v, want %s's alone (before: %v)", name, owners, name, prevOwners)
+		}
 		old.stop(t, 10*time.Second)
 		if !strings.Contains(old.logs.String(), "another node-cache keeps the heartbeat") {
 			t.Errorf("%s did not see %s take over the heartbeat:\n%s", old.name, name, old.logs.String())
 		}
+		// The old one's SIGTERM after the takeover leaves the table.
+		if after := s.notrackOwners(t); !slices.Equal(after, owners) {
+			t.Errorf("NOTRACK table after %s's SIGTERM: owners %v, want %s's %v", old.name, after, name, owners)
+		}
+		prevOwners = owners
 		after := load.total()
 		steertest.WaitFor(t, "load continuing after "+old.name+" exited", 10*time.Second, func() bool { return load.total() >= after+1000 })
 		old = next
@@ -411,7 +568,22 @@ func TestSteerKillAndRestart(t *testing.T) {
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
 		t.Errorf("after the restarts the cluster DNS saw %v (err %v), want the node's %s (D steering)", saw, err, s.DNS.HostIP)
 	}
-	old.stop(t, 10*time.Second)
+
+	// kill -9 D: everything stays, and --cleanup removes it all.
+	old.cmd.Process.Signal(syscall.SIGKILL)
+	<-old.done
+	if s.notrackOwners(t) == nil || !datapath.Pinned(s.bpffs) {
+		t.Fatal("the NOTRACK table or the pins went with a kill -9")
+	}
+	if out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput(); err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, out)
+	}
+	if ok, err := s.notrack.Exists(); ok || err != nil {
+		t.Errorf("NOTRACK table inet %s still there after --cleanup (err %v)", s.notrack.Name, err)
+	}
+	if datapath.Pinned(s.bpffs) {
+		t.Errorf("pins still there after --cleanup")
+	}
 }
 
 // steerCounters reads the programs' counters from the pinned map: queries
@@ -524,7 +696,7 @@ func TestSteerBadInput(t *testing.T) {
 	up := startUpstream(t)
 	help, _ := command(bin, "--help").CombinedOutput()
 	for _, f := range []string{"--steer", "--cluster-dns", "--local-ip", "--interface", "--cgroup", "--bpffs",
-		"--heartbeat-timeout", "--upstream-mark", "--cleanup"} {
+		"--heartbeat-timeout", "--upstream-mark", "--cleanup", "--notrack", "--notrack-table"} {
 		if !strings.Contains(string(help), f) {
 			t.Errorf("--help does not explain %s", f)
 		}
@@ -555,43 +727,44 @@ func TestSteerBadInput(t *testing.T) {
 	steertest.RequireBPF(t)
 	bpffs := steertest.BPFFS(t)
 	local := steertest.FreeLinkLocal(t)
+	table := testTableName("dnsaccel-test") // never a real node-cache's
 	t.Cleanup(func() {
-		command(bin, "--cleanup", "--bpffs", bpffs, "--local-ip", local.String(), "--interface", "lo").Run()
+		command(bin, "--cleanup", "--bpffs", bpffs, "--local-ip", local.String(), "--interface", "lo", "--notrack-table", table).Run()
 	})
 	notCgroup := t.TempDir()
 	out, err := command(bin, "--listen", freeAddr(t), "--upstream", up, "--health", "", "--metrics", "",
-		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs, "--cgroup", notCgroup).CombinedOutput()
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs, "--notrack-table", table, "--cgroup", notCgroup).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "cgroup v2") {
 		t.Errorf("--cgroup on a non-cgroup2 directory: want an error naming cgroup v2, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// No BPF permission: the same, as an unprivileged user.
 	os.Chmod(filepath.Dir(bin), 0o755)
 	cmd := command(bin, "--listen", freeAddr(t), "--upstream", up, "--health", "", "--metrics", "",
-		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs)
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs, "--notrack-table", table)
 	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
 	out, err = cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "BPF permission") {
 		t.Errorf("as an unprivileged user: want an error naming the BPF permission, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("a failed start left the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// --steer=false: the plain cache, no BPF, no address.
 	listen := freeAddr(t)
 	startNodeCache(t, "node-cache --steer=false", "--steer=false", "--listen", listen, "--upstream", up, "--metrics", "",
-		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs)
+		"--cluster-dns", "10.246.0.1", "--local-ip", local.String(), "--interface", "lo", "--bpffs", bpffs, "--notrack-table", table)
 	m := new(dns.Msg)
 	m.SetQuestion("www.example.test.", dns.TypeA)
 	if r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, listen); err != nil || len(r.Answer) != 1 {
 		t.Errorf("--steer=false cache on %s: %v %v", listen, err, r)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) {
-		t.Errorf("--steer=false set up the address (%v) or pins (%v)", ok, datapath.Pinned(bpffs))
+	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("--steer=false set up the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 )
 
 // Steering defaults.
@@ -49,6 +50,11 @@ type Steer struct {
 	BPFFS            string   // bpf file system; pins under <BPFFS>/dnsaccel
 	HeartbeatTimeout time.Duration
 	UpstreamMark     uint32
+	// Notrack keeps the cache's own traffic (to and from LocalIPs, port
+	// 53) out of conntrack with an nftables table (datapath/notrack), so
+	// steered queries skip the nat chains on a kube-proxy node.
+	Notrack      bool
+	NotrackTable string // inet table; "" = notrack.DefaultTable
 	// LookupErr is why --steer=auto found no VIP through the API (it then
 	// runs without steering: pods keep querying the cluster DNS).
 	LookupErr error
@@ -366,13 +372,37 @@ func (s *Steer) setupAddresses(log *slog.Logger) (string, func(), error) {
 	return l.Attrs().Name, undo, nil
 }
 
+// localAddrs are the parsed --local-ip values.
+func (s *Steer) localAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range s.LocalIPs {
+		if a, err := parseHostIP(ip); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (s *Steer) notrackTable() notrack.Table {
+	if s.NotrackTable == "" {
+		return notrack.Table{Name: notrack.DefaultTable}
+	}
+	return notrack.Table{Name: s.NotrackTable}
+}
+
 // Cleanup removes everything steering set up: every program, link, map and
-// pin under <bpffs>/dnsaccel, the local IPs from the interface, and the
-// nodelocaldns dummy device if there is one. Nothing to remove is fine.
+// pin under <bpffs>/dnsaccel, the NOTRACK table, the local IPs from the
+// interface, and the nodelocaldns dummy device if there is one. Nothing to
+// remove is fine.
 func Cleanup(s Steer, log *slog.Logger) error {
 	var errs []error
 	if err := datapath.Cleanup(s.BPFFS); err != nil {
 		errs = append(errs, err)
+	}
+	if removed, err := s.notrackTable().Remove(); err != nil {
+		errs = append(errs, err)
+	} else if removed {
+		log.Info("removed", "nftables-table", "inet "+s.notrackTable().Name)
 	}
 	links := []string{"lo"}
 	if s.Interface != "" {
@@ -416,6 +446,13 @@ type steering struct {
 	log    *slog.Logger
 	cancel context.CancelFunc
 	done   chan struct{}
+	// nt is this process's hold on the NOTRACK table (nil: none);
+	// notrackOn mirrors it for the metrics.
+	nt        *notrack.Owner
+	notrackOn atomic.Bool
+	// handedOver is how handover ended: "" (not run, or neither taken
+	// over nor expired), "successor" or "expired".
+	handedOver string
 }
 
 // startSteering sets up the addresses and attaches (or adopts) the eBPF
@@ -446,7 +483,67 @@ func startSteering(cfg Steer, log *slog.Logger) (*steering, error) {
 	log.Info("steering attached", "cluster-dns", cfg.ClusterDNS, "from", cfg.ClusterDNSFrom, "local-ip", cfg.LocalIPs,
 		"interface", iface, "cgroup", dp.Options().Cgroup, "pins", dp.Dir(), "adopted-links", dp.Adopted(),
 		"heartbeat-timeout", cfg.HeartbeatTimeout)
-	return &steering{dp: dp, cfg: cfg, iface: iface, log: log}, nil
+	s := &steering{dp: dp, cfg: cfg, iface: iface, log: log}
+	s.startNotrack()
+	return s, nil
+}
+
+// startNotrack writes (or takes over from a predecessor) the NOTRACK table
+// for the local IPs, before the first heartbeat. Without nftables the
+// cache still steers and serves; its queries are then tracked.
+func (s *steering) startNotrack() {
+	tb := s.cfg.notrackTable()
+	if !s.cfg.Notrack {
+		// A table a predecessor left goes: the flags say no NOTRACK.
+		if removed, err := tb.Remove(); err != nil {
+			s.log.Warn("--notrack=false: could not remove the NOTRACK table a previous node-cache left", "table", "inet "+tb.Name, "err", err)
+		} else if removed {
+			s.log.Info("--notrack=false: removed the NOTRACK table a previous node-cache left", "table", "inet "+tb.Name)
+		}
+		return
+	}
+	nt, err := tb.Ensure(s.cfg.localAddrs(), 53)
+	switch {
+	case errors.Is(err, notrack.ErrUnavailable):
+		s.log.Warn("no NOTRACK table: nftables is not available (kernel or permission); steering works, but on a node that tracks connections each steered query is a new conntrack flow (--notrack=false silences this)",
+			"table", "inet "+tb.Name, "err", err)
+	case err != nil:
+		s.log.Warn("no NOTRACK table; steering works, but on a node that tracks connections each steered query is a new conntrack flow", "table", "inet "+tb.Name, "err", err)
+	default:
+		s.nt = nt
+		s.notrackOn.Store(true)
+		s.log.Info("conntrack: NOTRACK for the cache's own traffic", "table", "inet "+tb.Name, "local-ip", s.cfg.LocalIPs,
+			"port", 53, "took-over", !nt.Created())
+	}
+}
+
+// releaseNotrack removes the NOTRACK table when no node-cache needs it any
+// more: after a handover that found no successor (the heartbeat expired),
+// or if this process created it and never got as far as a handover (its
+// start failed). A successor that called Ensure since owns the table, and
+// Release then leaves it (checked in the same transaction as the removal).
+// After a handover to a successor, or a SIGKILL, the table stays, like the
+// pins and the addresses.
+func (s *steering) releaseNotrack() {
+	if s.nt == nil {
+		return
+	}
+	nt := s.nt
+	s.nt = nil
+	s.notrackOn.Store(false)
+	neverServed := s.cancel == nil // no heartbeat was ever started
+	if s.handedOver != "expired" && !(neverServed && nt.Created()) {
+		return
+	}
+	removed, err := nt.Release()
+	switch {
+	case err != nil:
+		s.log.Warn("removing the NOTRACK table", "table", "inet "+s.cfg.notrackTable().Name, "err", err)
+	case removed:
+		s.log.Info("removed the NOTRACK table: no node-cache serves after this one", "table", "inet "+s.cfg.notrackTable().Name)
+	default:
+		s.log.Info("NOTRACK table kept: another node-cache has taken it over", "table", "inet "+s.cfg.notrackTable().Name)
+	}
 }
 
 // beat starts the heartbeat: the kernel steers from now on.
@@ -494,11 +591,13 @@ func (s *steering) handover() {
 	for time.Now().Before(deadline) {
 		if s.dp.BeatenByOther() {
 			s.log.Info("handover: another node-cache keeps the heartbeat; draining", "for", drainTime.String())
+			s.handedOver = "successor"
 			time.Sleep(drainTime)
 			return
 		}
 		if !s.dp.Fresh() {
 			s.log.Info("handover: heartbeat expired, pods query the cluster DNS; draining", "for", drainTime.String())
+			s.handedOver = "expired"
 			time.Sleep(drainTime)
 			return
 		}
@@ -516,12 +615,14 @@ func (s *steering) handover() {
 const drainTime = 300 * time.Millisecond
 
 // close releases the handles; the pins and addresses stay for a successor
-// (or --cleanup).
+// (or --cleanup). The NOTRACK table goes if no node-cache needs it
+// (releaseNotrack). Called once the cache has stopped serving.
 func (s *steering) close() {
 	if s.cancel != nil {
 		s.cancel()
 		<-s.done
 	}
+	s.releaseNotrack()
 	s.dp.Close()
 }
 
@@ -537,6 +638,8 @@ var (
 		"Age of the steering heartbeat (written by this or another node-cache); the kernel steers while it is below --heartbeat-timeout.", nil, nil)
 	descEntries = prometheus.NewDesc("dnsaccel_nodecache_steering_table_entries",
 		"Entries (VIP, port, protocol) in the steering table.", nil, nil)
+	descNotrack = prometheus.NewDesc("dnsaccel_nodecache_steering_notrack",
+		"1 while this node-cache keeps its nftables NOTRACK table for --local-ip (its queries skip conntrack), 0 without (--notrack=false, or no nftables).", nil, nil)
 	descPackets = prometheus.NewDesc("dnsaccel_nodecache_steering_operations_total",
 		"Socket operations on steered VIPs seen by the eBPF programs, by result.", []string{"result"}, nil)
 )
@@ -545,6 +648,7 @@ func (steerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descAttached
 	ch <- descAge
 	ch <- descEntries
+	ch <- descNotrack
 	ch <- descPackets
 }
 
@@ -555,6 +659,11 @@ func (steerCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1)
+	nt := 0.0
+	if s.notrackOn.Load() {
+		nt = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descNotrack, prometheus.GaugeValue, nt)
 	if age := s.dp.HeartbeatAge(); age >= 0 {
 		ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, age.Seconds())
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/nodecache"
 )
 
@@ -44,7 +45,9 @@ func main() {
 	fs.BoolVar(&cfg.KernelCache.On, "kernel-cache", true, "with steering: answer hot names in the kernel, at pods' interfaces (a tc program on each veth), without waking node-cache; where the kernel cannot run it, node-cache goes on without it")
 	fs.IntVar(&cfg.KernelCache.MaxBytes, "kernel-cache-max-bytes", nodecache.DefaultKernelCacheMaxBytes, "largest response (bytes) answered from the kernel; larger ones are answered by node-cache")
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
-	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs) and every --local-ip address (from --interface) node-cache created, then exit 0")
+	fs.BoolVar(&cfg.Steer.Notrack, "notrack", true, "steering: keep the cache's own traffic (to and from --local-ip, port 53) out of conntrack with NOTRACK rules at raw priority in an nftables table of its own, written over netlink (no nft or iptables binary); its upstream queries stay tracked. Where nftables is not available node-cache warns and steers without it. false: no table (one a previous node-cache left is removed)")
+	fs.StringVar(&cfg.Steer.NotrackTable, "notrack-table", notrack.DefaultTable, "steering: name of that nftables table (family inet)")
+	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs), the NOTRACK table (--notrack-table) and every --local-ip address (from --interface) node-cache created, then exit 0")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
 			"A node-local DNS cache: answers pods' queries on the node, forwards misses to the\n"+
@@ -54,7 +57,8 @@ func main() {
 			"node's resolvers, and k8s_autopath expands pods' search paths server-side.\n\n"+
 			"With --cluster-dns (or the kube-dns Service found through the API) it steers pods'\n"+
 			"queries for that VIP to itself with eBPF at the socket (no iptables rules, no DNAT),\n"+
-			"serving on --local-ip:53; when it stops beating, the kernel falls back to the VIP.\n"+
+			"serving on --local-ip:53 with that traffic kept out of conntrack (an nftables\n"+
+			"table of its own, --notrack); when it stops beating, the kernel falls back to the VIP.\n"+
 			"A new node-cache started beside a running one takes over; --cleanup removes it all.\n\n"+
 			"  node-cache --listen 127.0.0.1:5301 --upstream 127.0.0.1:5300\n"+
 			"  node-cache --cluster-dns 10.96.0.10 --upstream 10.96.0.10:53\n\nFlags:\n")
@@ -83,7 +87,7 @@ func main() {
 			log.Error("cleanup", "err", err)
 			os.Exit(1)
 		}
-		log.Info("cleanup done", "bpffs", cfg.Steer.BPFFS, "local-ip", cfg.Steer.LocalIPs)
+		log.Info("cleanup done", "bpffs", cfg.Steer.BPFFS, "local-ip", cfg.Steer.LocalIPs, "nftables-table", "inet "+cfg.Steer.NotrackTable)
 		return
 	}
 	cfg.Kube = nodecache.DetectKube(*kubeconfig)

@@ -341,13 +341,15 @@ func (e *env) setup(ctx context.Context) error {
 }
 
 // sweep removes what a killed earlier run left: its bpf file system (and
-// the programs pinned there), the cache's address on lo, its directory.
+// the programs pinned there), the cache's address on lo, node-cache's
+// NOTRACK table, its directory.
 func sweep() {
 	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
 		if a, err := netip.ParseAddr(tag); err == nil && a.IsLinkLocalUnicast() {
 			delAddr(a)
 		}
 	})
+	bench.SweepNotrackTables("kcachebench")
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), runPrefix+"*"))
 	for _, d := range dirs {
 		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), runPrefix), "-")
@@ -401,7 +403,9 @@ func (e *env) startNodeCache(ctx context.Context, kernel bool) (*server, error) 
 		}
 		port[i] = p
 	}
-	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo"}
+	// A NOTRACK table of its own name, never a real node-cache's.
+	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo",
+		"--notrack-table", bench.NotrackTable("kcachebench")}
 	cleanup := func() {
 		if out, err := exec.Command(e.nodeBin, append([]string{"--cleanup"}, steer...)...).CombinedOutput(); err != nil {
 			e.logf("node-cache --cleanup: %v: %s", err, out)

@@ -1,13 +1,19 @@
 // Command steerbench is the eBPF steering benchmark run by `make bench`. From
 // a pod (a network namespace, test/netns) it sends DNS queries, each from a
 // fresh UDP socket as glibc's resolver does, to the node cache
-// (bin/node-cache, answering from its cache) along three paths:
+// (bin/node-cache, answering from its cache) along these paths:
 //
 //   - straight: to the cache's own address (--local-ip);
 //   - steering: to the cluster DNS VIP, rewritten to the cache's address by
-//     node-cache's eBPF programs at the socket;
+//     node-cache's eBPF programs at the socket, with node-cache's own
+//     NOTRACK table (its default, --notrack);
+//   - steering with --notrack=false: the same, each query a conntrack flow;
 //   - iptables: to another VIP that a kube-proxy-style iptables DNAT rule
-//     sends to the cache, behind 1 / 1,000 / 10,000 other Service rules.
+//     sends to the cache, behind 1 / 1,000 / 10,000 other Service rules
+//     (against the --notrack=false node-cache: NOTRACK on the cache's
+//     replies would skip the reverse NAT);
+//   - steering + kernel cache: node-cache's default, hot names answered at
+//     the pod's veth.
 //
 // The Service rules are installed for every path (a kube-proxy node has them
 // whatever the path), in a chain jumped to from nat PREROUTING like
@@ -18,7 +24,8 @@
 //
 // Needs root, iptables, bin/node-cache (`make build`). Everything it creates
 // (namespace, addresses, iptables rules, conntrack entries of its pod, BPF
-// pins) is removed at the end, also on failure or interrupt.
+// pins, node-cache's nftables table) is removed at the end, also on failure
+// or interrupt.
 //
 //	go run ./test/bench/steerbench -out docs/benchmarks.md
 //	go run ./test/bench/steerbench -quick -out ''

@@ -84,7 +84,7 @@ func (rep *Report) targets() []target {
 	}
 	if len(rules) > 1 {
 		lo, hi := rules[0], rules[len(rules)-1]
-		for _, p := range []string{PathSteering, PathNotrack, PathKernel, PathIptables} {
+		for _, p := range []string{PathSteering, PathKernel, PathTracked, PathIptables} {
 			a, ok1 := rep.get(p, lo)
 			b, ok2 := rep.get(p, hi)
 			if !ok1 || !ok2 {
@@ -95,7 +95,7 @@ func (rep *Report) targets() []target {
 				what:  fmt.Sprintf("%s: median from %d to %d rules", p, lo, hi),
 				value: fmt.Sprintf("%s -> %s µs (%+.1f µs)", us(a.Median), us(b.Median), float64(grow)/1e3),
 			}
-			if p != PathIptables {
+			if p != PathIptables && p != PathTracked {
 				t.what = "flat across Service counts (within 2 µs): " + t.what
 				t.verdict = verdict(grow <= 2*time.Microsecond)
 			} else {
@@ -125,9 +125,11 @@ func (rep *Report) Markdown() string {
 	p("From a pod (a network namespace with a veth, test/netns) one thread pinned to core %d sends %d queries per path, rule count and round (%d rounds, the paths alternating), ", cfg.ClientCPU, cfg.Queries, cfg.Rounds)
 	p("each from a fresh UDP socket as glibc's resolver does (a load generator reusing sockets hides the per-flow NAT cost), for one name that `bin/node-cache` (pinned to core %d) answers from its cache. ", cfg.ServerCPU)
 	p("Paths: **%s** (the pod asks `--local-ip`), **%s** (the pod asks the VIP; node-cache's cgroup programs rewrite it at the socket), ", PathStraight, PathSteering)
-	p("**%s** (the pod asks another VIP; a kube-proxy-style `nat` rule DNATs it to the cache), ", PathIptables)
-	p("**%s** (steering, plus node-local-dns's `raw` NOTRACK rules for the cache's address while that path runs), ", PathNotrack)
-	p("**%s** (node-cache's default: steering, with its in-kernel cache answering the hot name at the pod's veth, before netfilter; measured after the others, against a node-cache started with `--kernel-cache`; the others run with `--kernel-cache=false`). ", PathKernel)
+	p("both against node-cache as it ships, with its own NOTRACK table (`--notrack`: `inet` table, raw-priority `notrack` rules for `--local-ip` port 53, written over netlink); ")
+	p("**%s** (the same steering against a node-cache started with `--notrack=false`: each query a new conntrack flow) and ", PathTracked)
+	p("**%s** (the pod asks another VIP; a kube-proxy-style `nat` rule DNATs it to the cache; against the `--notrack=false` node-cache too, since a DNAT needs conntrack on the cache's reply as well); ", PathIptables)
+	p("**%s** (node-cache's default: steering and NOTRACK, with its in-kernel cache answering the hot name at the pod's veth, before netfilter; the other paths run with `--kernel-cache=false`). ", PathKernel)
+	p("Each of these three node-cache configurations is started (and its table checked) once per rule count; the paths measured against it alternate within each round. ")
 	p("The Service rules (`-d IP/32 -p udp|tcp --dport 53 -j ...`, as kube-proxy writes them into KUBE-SERVICES) sit in a chain jumped to from `nat PREROUTING`, ahead of the DNS VIP's DNAT rule, and are installed for every path: a kube-proxy node has them whatever path DNS takes. ")
 	p("Pod CPU is the querying thread's schedstat time (its syscalls and the softirq work done in its context, the host's routing and netfilter included); cache CPU is node-cache's, all threads. Conntrack counts the host's entries whose original source is the pod, per query. ")
 	p("Everything the program creates is removed at the end. Flags: `-rules`, `-queries`, `-rounds`, `-quick`, `-out`. This run took %s.\n\n", rep.Elapsed)
@@ -144,8 +146,8 @@ func (rep *Report) Markdown() string {
 			us(r.Median), us(r.P90), us(r.P99), us(r.ClientCPU), us(r.ServerCPU), r.Conntrack)
 	}
 	p("\nSteering rewrites the destination inside the pod's `sendmsg`, so the datagram leaves the pod already addressed to the cache: no DNAT rule matches it and the reply needs no reverse NAT. ")
-	p("It still enters the host's netfilter hooks as a new flow, so where `nat` rules exist (kube-proxy) it gets a conntrack entry and walks the chains jumped to from `nat PREROUTING` like any other new flow; ")
-	p("node-local-dns avoids that with `raw` NOTRACK rules for its address, which node-cache does not install (no iptables); the NOTRACK row shows what they would buy on such a node.\n\n")
+	p("Without more, it would still enter the host's netfilter hooks as a new flow, and where `nat` rules exist (kube-proxy) get a conntrack entry and walk the chains jumped to from `nat PREROUTING` like any other new flow (the `%s` rows). ", PathTracked)
+	p("node-cache's own NOTRACK table (the counterpart of node-local-dns's iptables `raw` rules, without iptables) exempts the cache's address and port before conntrack, so the default rows create no conntrack entry and skip the nat chains; the cache's own upstream queries stay tracked.\n\n")
 
 	p("### Targets\n\n| Target | Measured | Verdict |\n|---|---|---|\n")
 	for _, t := range rep.targets() {
@@ -211,7 +213,7 @@ func (rep *Report) SVG() string {
 		p(`<text x="%.0f" y="%d" text-anchor="middle">%d</text>`+"\n", x(i), h-bottom+18, n)
 	}
 	p(`<text x="%d" y="%d" text-anchor="middle">Service rules</text>`+"\n", (left+w-right)/2, h-12)
-	colors := map[string]string{PathStraight: "#2a9d8f", PathSteering: "#264653", PathIptables: "#e76f51", PathNotrack: "#8d99ae", PathKernel: "#e9c46a"}
+	colors := map[string]string{PathStraight: "#2a9d8f", PathSteering: "#264653", PathIptables: "#e76f51", PathTracked: "#8d99ae", PathKernel: "#e9c46a"}
 	for k, path := range allPaths {
 		var pts []string
 		for i, n := range rules {

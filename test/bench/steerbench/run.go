@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
@@ -61,23 +62,36 @@ func (c *Config) ApplyQuick(set func(string) bool) {
 
 // The paths a query takes from the pod to the cache.
 const (
+	// PathStraight and PathSteering run against node-cache as it ships
+	// (its NOTRACK table on), without the kernel cache.
 	PathStraight = "straight to the cache"
 	PathSteering = "eBPF steering"
+	// PathTracked is steering against node-cache --notrack=false: each
+	// query a new conntrack flow, walking the nat chains.
+	PathTracked = "eBPF steering, --notrack=false"
+	// PathIptables runs against the --notrack=false node-cache too: a DNAT
+	// needs conntrack on the reply as well.
 	PathIptables = "iptables DNAT"
-	// PathNotrack is steering with node-local-dns's raw NOTRACK rules for
-	// the cache's address added: what it takes to skip conntrack and the
-	// nat chains on a kube-proxy (iptables) node.
-	PathNotrack = "eBPF steering + NOTRACK"
-	// PathKernel is node-cache's default: steering, and hot names answered
-	// by the in-kernel cache at the pod's veth, before netfilter.
+	// PathKernel is node-cache's default: steering with its NOTRACK table,
+	// and hot names answered by the in-kernel cache at the pod's veth,
+	// before netfilter.
 	PathKernel = "eBPF steering + kernel cache"
 )
 
-// paths alternate within each round against one node-cache (kernel cache
-// off); PathKernel runs after them against a node-cache with it on.
+// phase is one node-cache configuration and the paths measured against it,
+// alternating within each round.
+type phase struct {
+	notrack, kernel bool
+	paths           []string
+}
+
 var (
-	paths    = []string{PathStraight, PathSteering, PathIptables, PathNotrack}
-	allPaths = append(append([]string{}, paths...), PathKernel)
+	phases = []phase{
+		{notrack: true, paths: []string{PathStraight, PathSteering}},
+		{notrack: false, paths: []string{PathTracked, PathIptables}},
+		{notrack: true, kernel: true, paths: []string{PathKernel}},
+	}
+	allPaths = []string{PathStraight, PathSteering, PathTracked, PathIptables, PathKernel}
 )
 
 // Result is one path at one rule count, all rounds together.
@@ -129,6 +143,7 @@ type env struct {
 	logPath    string
 	steerFlags []string
 	upstream   string
+	table      notrack.Table // node-cache's NOTRACK table, a name of the run's own
 	cleanups   []func()
 }
 
@@ -197,7 +212,6 @@ func (e *env) setup(ctx context.Context) error {
 	e.pod = pod
 	e.defer_(func() { pod.Close() })
 	e.defer_(func() { flushConntrack(pod.IP) })
-	e.defer_(func() { e.notrack(false) })
 
 	e.local, e.vip, e.dnatVIP = freeLinkLocal(), randomAddr("10.246"), randomAddr("10.246")
 	for e.dnatVIP == e.vip {
@@ -245,18 +259,21 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	health := "127.0.0.1:" + strconv.Itoa(hp)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("steerbench-node-cache-%d.log", os.Getpid()))
-	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo"}
+	e.table = notrack.Table{Name: bench.NotrackTable(tablePrefix)}
+	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo", "--notrack-table", e.table.Name}
 	e.defer_(func() {
 		exec.Command(e.nodeBin, append([]string{"--cleanup"}, steerFlags...)...).Run()
+		e.table.Remove()
 		os.Remove(logPath)
 	})
 	e.defer_(e.procs.StopAll)
 	e.ports, e.health, e.logPath, e.steerFlags, e.upstream = &ports, health, logPath, steerFlags, upPC.LocalAddr().String()
-	return e.startCache(false)
+	return nil
 }
 
-// startCache (re)starts node-cache, with or without its kernel cache.
-func (e *env) startCache(kernel bool) error {
+// startCache (re)starts node-cache: with or without its NOTRACK table and
+// its kernel cache. It checks that the table is there exactly when asked.
+func (e *env) startCache(withNotrack, kernel bool) error {
 	if e.cache != nil {
 		e.cache.Stop()
 		e.cache = nil
@@ -267,7 +284,8 @@ func (e *env) startCache(kernel bool) error {
 	}
 	// Without the kernel cache every path ends at node-cache's UDP socket;
 	// with it (PathKernel) hot names are answered at the pod's veth.
-	args := append([]string{e.nodeBin, "--steer=true", "--kernel-cache=" + strconv.FormatBool(kernel), "--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
+	args := append([]string{e.nodeBin, "--steer=true", "--kernel-cache=" + strconv.FormatBool(kernel), "--notrack=" + strconv.FormatBool(withNotrack),
+		"--cluster-dns", e.vip.String(), "--heartbeat-timeout", "1s",
 		"--listen", "127.0.0.1:" + strconv.Itoa(lp), "--upstream", e.upstream,
 		"--metrics", "", "--health", e.health}, e.steerFlags...)
 	cache, err := e.procs.Start("node-cache", e.cfg.ServerCPU, []string{"GOMAXPROCS=1"}, e.logPath, args...)
@@ -291,6 +309,10 @@ func (e *env) startCache(kernel bool) error {
 			return fmt.Errorf("node-cache not ready after 30 s:\n%s", cache.LogTail())
 		}
 		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+	// The table is written before node-cache is ready.
+	if ok, err := e.table.Exists(); err != nil || ok != withNotrack {
+		return fmt.Errorf("node-cache --notrack=%v: its nftables table inet %s there: %v (err %v)\n%s", withNotrack, e.table.Name, ok, err, cache.LogTail())
 	}
 	return nil
 }
@@ -324,32 +346,6 @@ func installIptables(n int, dnatVIP, local netip.Addr) error {
 	return nil
 }
 
-// notrackRules are node-local-dns's raw rules for the cache's address.
-func notrackRules(local netip.Addr) [][]string {
-	return [][]string{
-		{"PREROUTING", "-d", local.String() + "/32", "-p", "udp", "--dport", "53", "-j", "NOTRACK"},
-		{"OUTPUT", "-s", local.String() + "/32", "-p", "udp", "--sport", "53", "-j", "NOTRACK"},
-	}
-}
-
-// notrack adds (on) or removes the NOTRACK rules.
-func (e *env) notrack(on bool) error {
-	for _, r := range notrackRules(e.local) {
-		if on {
-			if out, err := exec.Command("iptables", append([]string{"-w", "-t", "raw", "-I"}, r...)...).CombinedOutput(); err != nil {
-				return fmt.Errorf("iptables -t raw -I %s: %v: %s", strings.Join(r, " "), err, out)
-			}
-			continue
-		}
-		for i := 0; i < 10; i++ {
-			if exec.Command("iptables", append([]string{"-w", "-t", "raw", "-D"}, r...)...).Run() != nil {
-				break
-			}
-		}
-	}
-	return nil
-}
-
 // removeIptables deletes everything installIptables adds (idempotent).
 func removeIptables() {
 	for i := 0; i < 100; i++ {
@@ -365,62 +361,43 @@ func removeIptables() {
 	}
 }
 
-// measure runs every path cfg.Rounds times, alternating.
+// measure runs each phase's paths cfg.Rounds times, alternating, each phase
+// against a node-cache of its own configuration.
 func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 	targets := map[string]netip.AddrPort{
 		PathStraight: netip.AddrPortFrom(e.local, 53),
 		PathSteering: netip.AddrPortFrom(e.vip, 53),
+		PathTracked:  netip.AddrPortFrom(e.vip, 53),
 		PathIptables: netip.AddrPortFrom(e.dnatVIP, 53),
-		PathNotrack:  netip.AddrPortFrom(e.vip, 53),
+		PathKernel:   netip.AddrPortFrom(e.vip, 53),
 	}
 	lat := map[string][]time.Duration{}
 	res := map[string]*Result{}
-	for _, p := range paths {
-		res[p] = &Result{Path: p, Rules: rules}
-		// Warm-up: the cache entry, the paths, the CPU frequency.
-		if err := e.notrack(p == PathNotrack); err != nil {
+	for _, ph := range phases {
+		if err := e.startCache(ph.notrack, ph.kernel); err != nil {
 			return nil, err
 		}
-		if _, err := e.run(targets[p], 200); err != nil {
-			e.notrack(false)
-			return nil, fmt.Errorf("%s, warm-up: %w", p, err)
-		}
-		e.notrack(false)
-	}
-	for round := 0; round < e.cfg.Rounds; round++ {
-		for _, p := range paths {
-			if err := ctx.Err(); err != nil {
-				return nil, err
+		for _, p := range ph.paths {
+			res[p] = &Result{Path: p, Rules: rules}
+			// Warm-up: the cache entry (with the kernel cache: the name
+			// gets hot), the paths, the CPU frequency.
+			if _, err := e.run(targets[p], 200); err != nil {
+				return nil, fmt.Errorf("%s, warm-up: %w", p, err)
 			}
-			flushConntrack(e.pod.IP)
-			if err := e.notrack(p == PathNotrack); err != nil {
-				return nil, err
-			}
-			l, err := e.round(res[p], targets[p])
-			e.notrack(false)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", p, err)
-			}
-			lat[p] = append(lat[p], l...)
 		}
-	}
-	// The default configuration: the kernel cache on (a node-cache of its
-	// own; the name is hot after the warm-up).
-	if err := e.startCache(true); err != nil {
-		return nil, err
-	}
-	defer e.startCache(false)
-	res[PathKernel] = &Result{Path: PathKernel, Rules: rules}
-	if _, err := e.run(targets[PathSteering], 200); err != nil {
-		return nil, fmt.Errorf("%s, warm-up: %w", PathKernel, err)
-	}
-	for round := 0; round < e.cfg.Rounds; round++ {
-		flushConntrack(e.pod.IP)
-		l, err := e.round(res[PathKernel], targets[PathSteering])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", PathKernel, err)
+		for round := 0; round < e.cfg.Rounds; round++ {
+			for _, p := range ph.paths {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				flushConntrack(e.pod.IP)
+				l, err := e.round(res[p], targets[p])
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", p, err)
+				}
+				lat[p] = append(lat[p], l...)
+			}
 		}
-		lat[PathKernel] = append(lat[PathKernel], l...)
 	}
 
 	var out []Result
@@ -564,12 +541,17 @@ func flushConntrack(ip netip.Addr) {
 	netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, podFilter(ip))
 }
 
-const bpffsPrefix = "steerbench-bpffs-"
+const (
+	bpffsPrefix = "steerbench-bpffs-"
+	tablePrefix = "steerbench" // node-cache's NOTRACK table: steerbench-<pid>
+)
 
 // sweep removes what a killed earlier run left: its bpf file system (the
-// pinned programs go with it), the cache's address on lo, iptables rules.
+// pinned programs go with it), the cache's address on lo, iptables rules,
+// node-cache's NOTRACK table.
 func sweep() {
 	removeIptables()
+	bench.SweepNotrackTables(tablePrefix)
 	logs, _ := filepath.Glob(filepath.Join(os.TempDir(), "steerbench-node-cache-*.log"))
 	for _, l := range logs {
 		pid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(l), "steerbench-node-cache-"), ".log")
