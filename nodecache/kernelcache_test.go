@@ -42,7 +42,7 @@ func scrape(t *testing.T, addr, name string) float64 {
 // and on the UDP fast path.
 func userSpace(t *testing.T, metrics string) float64 {
 	return scrape(t, metrics, "coredns_nodecache_requests_total") + scrape(t, metrics, "coredns_nodecache_fastpath_hits_total") +
-		scrape(t, metrics, "coredns_nodecache_fastpath_passed_total")
+		scrape(t, metrics, "coredns_nodecache_fastpath_passed_total") + scrape(t, metrics, "coredns_nodecache_fastpath_misses_total")
 }
 
 // maskTTLs returns a copy of a DNS message with every record's TTL zeroed,

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/coredns/coredns/plugin/metrics/vars"
+	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -38,6 +40,7 @@ type missWaiter struct {
 	do     bool
 	limit  int
 	w      *fastWriter
+	start  time.Time
 }
 
 // asyncMissOK reports whether a question may be resolved without the
@@ -73,7 +76,7 @@ func (fe *frontend) missAsync(pkt []byte, q *query, k key, w *fastWriter) bool {
 	mw := &missWaiter{
 		fe: fe, nc: nc, pkt: append([]byte(nil), pkt...),
 		id: q.id, flags: q.flags, qtype: q.qtype, qclass: q.qclass,
-		hasOPT: q.hasOPT, do: q.do, limit: int(q.udpSize), w: w,
+		hasOPT: q.hasOPT, do: q.do, limit: int(q.udpSize), w: w, start: time.Now(),
 	}
 	mw.name = mw.pkt[headerLen : headerLen+len(q.name)]
 	fe.mMisses.Inc() // before the reply can leave
@@ -139,7 +142,9 @@ func (mw *missWaiter) land(res result) {
 		res.e.fastOn.Or(mw.fe.bit)
 		var buf [1232]byte
 		a := answer{id: mw.id, rd: mw.flags&flagRD != 0, name: mw.name, hasOPT: mw.hasOPT, do: mw.do, limit: mw.limit}
-		_ = mw.w.send(res.e.render(buf[:0], &a, mw.nc.clock()), mw.w.remote)
+		b := res.e.render(buf[:0], &a, mw.nc.clock())
+		_ = mw.w.send(b, mw.w.remote)
+		mw.report(res.e.rcode, len(b))
 	case res.e != nil || res.msg != nil:
 		// A plugin in front might change this answer, or it is not an
 		// entry: the chain copes. The miss's slot goes with it.
@@ -149,9 +154,28 @@ func (mw *missWaiter) land(res result) {
 		}()
 		return
 	default:
-		_ = mw.w.send(mw.servfail(), mw.w.remote)
+		b := mw.servfail()
+		_ = mw.w.send(b, mw.w.remote)
+		mw.report(dns.RcodeServerFailure, len(b))
 	}
 	<-mw.fe.misses
+}
+
+// report counts the query in CoreDNS's own request metrics (the prometheus
+// plugin's coredns_dns_*), as the chain would have: dashboards built on
+// them see every miss. Done after the reply has left.
+func (mw *missWaiter) report(rcode, size int) {
+	m := new(dns.Msg)
+	m.Id = mw.id
+	m.Question = []dns.Question{{Name: ".", Qtype: mw.qtype, Qclass: mw.qclass}}
+	if name, _, err := dns.UnpackDomainName(mw.name, 0); err == nil {
+		m.Question[0].Name = name
+	}
+	if mw.hasOPT {
+		m.SetEdns0(uint16(mw.limit), mw.do)
+	}
+	req := request.Request{W: mw.w, Req: m}
+	vars.Report(mw.fe.srv.Address(), req, mw.nc.zone(), "", dns.RcodeToString[rcode], pluginName, size, mw.start, vars.WithOriginalReqSize(len(mw.pkt)))
 }
 
 // servable asks the plugins in front of the block, as allowFastPath does.

@@ -191,6 +191,14 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	return m.Rcode, nil
 }
 
+// zone is the server block's zone, "." outside CoreDNS setup.
+func (c *NodeCache) zone() string {
+	if c.cfg == nil {
+		return "."
+	}
+	return c.cfg.Zone
+}
+
 func cacheType(e *entry) string {
 	if e.denial {
 		return "denial"
