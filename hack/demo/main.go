@@ -127,7 +127,6 @@ func queries(g node.Getent) string {
 	return strings.Join(s, ", ")
 }
 
-
 // server is dig's SERVER without the repeated address: 10.96.0.10#53.
 func server(s string) string {
 	a, _, _ := strings.Cut(s, "(")

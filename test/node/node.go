@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,9 +281,7 @@ func Up(ctx context.Context, o Options) (_ *Node, err error) {
 		}
 		n.logf("  up: %-44s %s", s.what, time.Since(t0).Round(time.Millisecond))
 	}
-	if err := n.recordPins(); err != nil {
-		return nil, err
-	}
+	n.recordENIs()
 	return n, nil
 }
 
@@ -699,10 +698,13 @@ func (n *Node) StartNodeCache(ctx context.Context) error {
 		return err
 	}
 	synced := fmt.Sprintf(`coredns_k8s_autopath_index_synced{node=%q} 1`, NodeName)
-	return n.poll(ctx, "node-cache's pod index synced", 30*time.Second, n.NodeCache, func() bool {
+	if err := n.poll(ctx, "node-cache's pod index synced", 30*time.Second, n.NodeCache, func() bool {
 		b, err := httpBody("http://" + n.NodeCacheMetrics + "/metrics")
 		return err == nil && strings.Contains(b, synced)
-	})
+	}); err != nil {
+		return err
+	}
+	return n.recordPins()
 }
 
 // NodeCacheArgs are node-cache's flags on this node.
@@ -715,21 +717,38 @@ func (n *Node) NodeCacheArgs() []string {
 }
 
 // recordPins notes the kernel IDs of the pinned steering objects, which
-// Leftovers checks are gone after Down.
+// Leftovers checks are gone after Down. A restarted node-cache keeps the
+// maps and links and replaces the programs.
 func (n *Node) recordPins() error {
 	ids, err := pinnedIDs(n.BPFFS)
 	if err != nil {
 		return err
 	}
-	n.made.progIDs, n.made.mapIDs, n.made.linkIDs = ids.progs, ids.maps, ids.links
 	if len(ids.progs) == 0 || len(ids.links) == 0 {
 		return fmt.Errorf("node-cache pinned no programs under %s", n.BPFFS)
 	}
+	n.made.progIDs = appendNew(n.made.progIDs, ids.progs...)
+	n.made.mapIDs = appendNew(n.made.mapIDs, ids.maps...)
+	n.made.linkIDs = appendNew(n.made.linkIDs, ids.links...)
+	return nil
+}
+
+func appendNew(s []uint32, v ...uint32) []uint32 {
+	for _, x := range v {
+		if !slices.Contains(s, x) {
+			s = append(s, x)
+		}
+	}
+	return s
+}
+
+// recordENIs notes the host's ENI interfaces and their route tables.
+func (n *Node) recordENIs() {
 	// ENI route tables of the host's ENIs.
 	links, _ := netlink.LinkList()
 	for _, l := range links {
 		if strings.HasPrefix(l.Attrs().Name, "eni") && !strings.HasPrefix(l.Attrs().Name, "enip") && contains(n.made.links, l.Attrs().Name) {
-			n.made.tables = append(n.made.tables, 1000+l.Attrs().Index)
+			n.made.tables = append(n.made.tables, netsetup.TableBase+l.Attrs().Index)
 		}
 	}
 	// ENIs attached for the pods after the primary.
@@ -737,10 +756,9 @@ func (n *Node) recordPins() error {
 		name := l.Attrs().Name
 		if strings.HasPrefix(name, "eni") && !strings.HasPrefix(name, "enip") && !contains(n.made.links, name) && n.ownENI(l) {
 			n.made.links = append(n.made.links, name)
-			n.made.tables = append(n.made.tables, 1000+l.Attrs().Index)
+			n.made.tables = append(n.made.tables, netsetup.TableBase+l.Attrs().Index)
 		}
 	}
-	return nil
 }
 
 // ownENI reports whether a host interface is one of this node's ENIs: its

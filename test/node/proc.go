@@ -49,6 +49,9 @@ type Proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	// stopped: Stop ran; a second Stop must not signal the process
+	// group, whose id the kernel may have given to someone else since.
+	stopped bool
 }
 
 func startProc(name, logPath string, env []string, argv ...string) (*Proc, error) {
@@ -115,9 +118,10 @@ func (p *Proc) Kill() {
 // Stop sends SIGTERM, waits up to grace, then kills the whole process
 // group. It returns the exit error of a process that did not stop cleanly.
 func (p *Proc) Stop(grace time.Duration) error {
-	if p == nil {
+	if p == nil || p.stopped {
 		return nil
 	}
+	p.stopped = true
 	if !p.Exited() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -128,7 +132,8 @@ func (p *Proc) Stop(grace time.Duration) error {
 			return fmt.Errorf("%s did not stop within %s of SIGTERM; killed", p.Name, grace)
 		}
 	}
-	// The group too: nothing of it may outlive the node.
+	// The rest of its process group too (right after the leader's exit,
+	// the group id is still ours): nothing of it may outlive the node.
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	return nil
 }
