@@ -13,9 +13,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -195,4 +197,91 @@ func containsPrefix(s []string, p string) bool {
 		}
 	}
 	return false
+}
+
+// TestFailedUpLeavesNothing: when a part fails to start (here node-cache,
+// the last one), Up removes everything it had started.
+func TestFailedUpLeavesNothing(t *testing.T) {
+	real := binDir(t)
+	if err := node.Check(real); err != nil {
+		if errors.Is(err, cluster.ErrUnavailable) {
+			cluster.SkipOrFail(t, "%v", err)
+		}
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	for _, b := range node.Binaries {
+		if b == "node-cache" {
+			if err := os.WriteFile(filepath.Join(bin, b), []byte("#!/bin/sh\necho 'node-cache: broken on purpose' >&2\nexit 3\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.Symlink(filepath.Join(real, b), filepath.Join(bin, b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	n, err := node.Up(ctx, node.Options{BinDir: bin})
+	if err == nil {
+		n.Down()
+		t.Fatal("Up succeeded with a node-cache that exits at once")
+	}
+	if !strings.Contains(err.Error(), "node-cache") || !strings.Contains(err.Error(), "broken on purpose") {
+		t.Errorf("the error should name node-cache and quote its log: %v", err)
+	}
+	if strings.Contains(err.Error(), "left behind") {
+		t.Errorf("Up left parts behind: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", node.VPCNetns)); err == nil {
+		t.Error("vpc namespace remains")
+	}
+	if m, _ := filepath.Glob(fmt.Sprintf("/run/netns/dnsaccel-pod-%d-*", os.Getpid())); len(m) > 0 {
+		t.Errorf("pod namespaces remain: %v", m)
+	}
+	if m, _ := filepath.Glob(fmt.Sprintf("/etc/netns/dnsaccel-pod-%d-*", os.Getpid())); len(m) > 0 {
+		t.Errorf("/etc/netns files remain: %v", m)
+	}
+	addrs, _ := netlink.AddrList(nil, netlink.FAMILY_V4)
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && (node.VPCCIDR.Contains(ip) || ip == node.KubeDNSVIP) {
+			t.Errorf("address %s remains", a.IPNet)
+		}
+	}
+	rules, _ := netlink.RuleList(netlink.FAMILY_V4)
+	for _, r := range rules {
+		for _, p := range []*net.IPNet{r.Src, r.Dst} {
+			if p != nil && (node.VPCCIDR.Contains(netip.MustParseAddr(p.IP.String())) || p.IP.Equal(node.KubeDNSVIP.AsSlice())) {
+				t.Errorf("rule %s remains", r)
+			}
+		}
+	}
+	if kids := children(); len(kids) > 0 {
+		t.Errorf("child processes remain: %v", kids)
+	}
+}
+
+// children lists the processes whose parent is this test binary.
+func children() []string {
+	var out []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	me := strconv.Itoa(os.Getpid())
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == me {
+			out = append(out, s[:i+1])
+		}
+	}
+	return out
 }

@@ -79,6 +79,7 @@ const (
 	WhoamiZone = "whoami.cluster.local."
 
 	lockPath     = "/run/dnsaccel-demo-node.lock"
+	vpcMarker    = "/run/dnsaccel-demo-node.vpc"
 	bpffsPrefix  = "dnsaccel-node-bpffs-"
 	vipRulePrio  = 500 // ahead of eni-cni's rules (512 to pods, 2048 from pods)
 	apiProxyPort = 6443
@@ -249,14 +250,14 @@ func Up(ctx context.Context, o Options) (_ *Node, err error) {
 			if derr := n.Down(); derr != nil {
 				err = fmt.Errorf("%w\n(and tearing down: %v)", err, derr)
 			}
+			if left := n.Leftovers(); len(left) > 0 {
+				err = fmt.Errorf("%w\n(and left behind: %s)", err, strings.Join(left, "; "))
+			}
 		}
 	}()
-	// Leftovers of a node whose process was killed before its Down.
-	cnitest.Sweep()
-	_ = netns.Sweep()
-	bench.SweepBPFFS(bpffsPrefix, nil)
+	sweep()
 	if _, err := os.Stat(filepath.Join("/run/netns", VPCNetns)); err == nil {
-		return nil, fmt.Errorf("network namespace %q exists (left by an earlier run? `ip netns delete %s`)", VPCNetns, VPCNetns)
+		return nil, fmt.Errorf("network namespace %q exists, not made by a demo node (`ip netns delete %s` if it is a leftover)", VPCNetns, VPCNetns)
 	}
 	if n.Dir, err = os.MkdirTemp("", "dnsaccel-node-"); err != nil {
 		return nil, err
@@ -450,6 +451,13 @@ func (n *Node) startEmulator(ctx context.Context) error {
 	n.EmulatorURL = "http://" + addr
 	n.PvtzDNS = net.JoinHostPort(n.Central.HostIP.String(), "53")
 	n.made.netns = append(n.made.netns, VPCNetns)
+	// A node killed before its Down leaves the vpc namespace behind (the
+	// emulator dies with it, by Pdeathsig): this marker lets the next Up
+	// remove it.
+	n.made.files = append(n.made.files, vpcMarker)
+	if err := os.WriteFile(vpcMarker, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
 	before, _ := linkNames()
 	n.Emulator, err = n.start("cloud-emulator", nil, n.bin("cloud-emulator"), "--listen", addr, "--local-enis", "--dns", n.PvtzDNS)
 	if err != nil {
@@ -671,7 +679,8 @@ func (n *Node) StartNodeCache(ctx context.Context) error {
 	}
 	var err error
 	if n.BPFFS == "" {
-		n.BPFFS, n.unmountBPFFS, err = bench.PrivateBPFFS(bpffsPrefix, "node")
+		// The tag names the local IP, for sweep to remove after a crash.
+		n.BPFFS, n.unmountBPFFS, err = bench.PrivateBPFFS(bpffsPrefix, n.localIP().String())
 		if err != nil {
 			return err
 		}
@@ -798,6 +807,13 @@ func (n *Node) Down() error {
 		if err != nil {
 			add("node-cache --cleanup", fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out))))
 		}
+		// Should --cleanup have failed: the address goes anyway, and
+		// unmounting the bpffs frees the programs (nothing else holds them).
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: host32(n.LocalIP)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				add("removing "+n.LocalIP.String()+" from lo", err)
+			}
+		}
 		n.unmountBPFFS()
 		n.BPFFS = ""
 	}
@@ -852,6 +868,9 @@ func (n *Node) Down() error {
 			add("deleting the vpc namespace", exec.Command("ip", "netns", "delete", VPCNetns).Run())
 		}
 		cnitest.RemoveRules(VPCCIDR)
+		if _, err := os.Stat(filepath.Join("/run/netns", VPCNetns)); err != nil {
+			_ = os.Remove(vpcMarker)
+		}
 	}
 	if n.Cluster != nil {
 		n.Cluster.Stop()
@@ -1005,4 +1024,37 @@ func decodeJSONLine(path, key string, into any) bool {
 		}
 	}
 	return false
+}
+
+// sweep removes what a node killed before its Down left (the caller holds
+// the lock, so no node is running): its pod namespaces and /etc/netns
+// files, its central namespace (test/netns sweeps it), its private bpffs
+// (which frees the programs) and local IP, its vpc namespace and rules.
+func sweep() {
+	cnitest.Sweep()
+	_ = netns.Sweep()
+	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
+		a, err := netip.ParseAddr(tag)
+		if err != nil || !a.IsLinkLocalUnicast() {
+			return
+		}
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			_ = netlink.AddrDel(lo, &netlink.Addr{IPNet: host32(a)})
+		}
+	})
+	dirs, _ := filepath.Glob(filepath.Join("/etc/netns", cnitest.PodNetnsPrefix+"*"))
+	for _, d := range dirs {
+		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), cnitest.PodNetnsPrefix), "-")
+		if _, err := os.Stat("/proc/" + pid); err != nil {
+			_ = os.RemoveAll(d)
+		}
+	}
+	if _, err := os.Stat(vpcMarker); err == nil {
+		if _, err := os.Stat(filepath.Join("/run/netns", VPCNetns)); err == nil {
+			_ = exec.Command("ip", "netns", "delete", VPCNetns).Run()
+		}
+		cnitest.RemoveRules(VPCCIDR)
+		cnitest.RemoveRules(netip.PrefixFrom(KubeDNSVIP, 32))
+		_ = os.Remove(vpcMarker)
+	}
 }
