@@ -72,7 +72,8 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("   dig %-34s miss %s, hit %s -> %s, SERVER %s\n", node.ServiceFQDN(), ms(r.Miss.Time), ms(r.Hit.Time), r.Miss.Answer, server(r.Hit.Server))
 	fmt.Printf("   a plain UDP socket sees the reply from %s (steered to node-cache on %s in the kernel)\n", r.From, n.LocalIP)
 	fmt.Printf("   getent ahosts %-26s -> %s, %d queries on the wire (%s)\n", node.ServiceName, strings.Join(r.Short.Addrs, " "), len(r.Short.Queries), queries(r.Short))
-	fmt.Printf("   getent ahosts %-26s -> %s, %d queries on the wire, not 8: k8s_autopath expanded the search list\n", node.PrivateZoneName(), strings.Join(r.External.Addrs, " "), len(r.External.Queries))
+	fmt.Printf("   getent ahosts %-26s -> %s, %d queries on the wire: k8s_autopath expanded the search list in node-cache\n", node.PrivateZoneName(), strings.Join(r.External.Addrs, " "), len(r.External.Queries))
+	fmt.Printf("     the same from %s (its Pod's dnsConfig sets ndots, so k8s_autopath leaves it alone): %d queries\n", n.Pods[1].Name, len(r.NoAutopath.Queries))
 	fmt.Printf("   the central CoreDNS's whoami saw %s: the node, i.e. node-cache forwarded the query\n", r.CentralSaw)
 	fmt.Printf("   node-cache over this step: %.0f cache hits, %.0f misses, %.0f autopath expansions, %.0f steered socket operations\n",
 		r.Counters.Hits, r.Counters.Misses, r.Counters.AutopathHits, r.Counters.Steered)

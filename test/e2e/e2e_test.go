@@ -107,6 +107,9 @@ func TestWholeNode(t *testing.T) {
 			if len(r.Short.Queries) != 2 || len(r.External.Queries) != 2 {
 				t.Errorf("wire queries: short name %v, PrivateZone name %v; want 2 each", r.Short.Queries, r.External.Queries)
 			}
+			if len(r.NoAutopath.Queries) != 8 {
+				t.Errorf("wire queries without autopath: %v; want 8", r.NoAutopath.Queries)
+			}
 			if r.CentralSaw != n.Central.HostIP {
 				t.Errorf("central CoreDNS saw %s, want the node's %s", r.CentralSaw, n.Central.HostIP)
 			}

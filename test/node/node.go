@@ -546,7 +546,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 	return nil
 }
 
-// startPods creates pods "a" and "b": the Pod object, the namespace, a CNI
+// startPods creates pods "pod-a" and "pod-b": the Pod object, the namespace, a CNI
 // ADD through libcni (eni-cni, veth mode), the address into the Pod's
 // status, and a resolv.conf as the kubelet writes it for ClusterFirst.
 func (n *Node) startPods(ctx context.Context) error {
@@ -563,8 +563,15 @@ func (n *Node) startPods(ctx context.Context) error {
 		return err
 	}
 	n.ServiceIP = netip.MustParseAddr(svc.Spec.ClusterIP)
-	for _, name := range []string{"a", "b"} {
-		p, err := n.addPod(ctx, "pod-"+name)
+	// pod-b's Pod object sets ndots in its dnsConfig (the same 5 its
+	// resolv.conf has): k8s_autopath leaves such pods alone, so pod-b
+	// shows what a pod's search walk costs without it.
+	ndots := "5"
+	for _, pc := range []struct {
+		name string
+		dns  *corev1.PodDNSConfig
+	}{{"pod-a", nil}, {"pod-b", &corev1.PodDNSConfig{Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: &ndots}}}}} {
+		p, err := n.addPod(ctx, pc.name, pc.dns)
 		if p != nil {
 			n.Pods = append(n.Pods, p)
 		}
@@ -575,9 +582,9 @@ func (n *Node) startPods(ctx context.Context) error {
 	return nil
 }
 
-func (n *Node) addPod(ctx context.Context, name string) (*Pod, error) {
+func (n *Node) addPod(ctx context.Context, name string, dnsConfig *corev1.PodDNSConfig) (*Pod, error) {
 	obj, err := cluster.CreatePod(ctx, n.Cluster.Client, cluster.PodOptions{Namespace: ServiceNamespace, Name: name, NodeName: NodeName,
-		Labels: map[string]string{"app": ServiceName}})
+		Labels: map[string]string{"app": ServiceName}, DNSConfig: dnsConfig})
 	if err != nil {
 		return nil, err
 	}

@@ -286,6 +286,7 @@ type Resolve struct {
 	From          netip.AddrPort // reply source seen by a plain socket
 	Short         Getent         // getent ahosts <service> (short name)
 	External      Getent         // getent ahosts <PrivateZone name> (autopath)
+	NoAutopath    Getent         // the same from pod-b, which k8s_autopath leaves alone
 	CentralSaw    netip.Addr     // whoami through the cache: the node
 	Counters      CacheCounters  // node-cache's counters over the step
 	ClusterDNSLog string         // where node-cache found the VIP
@@ -337,6 +338,15 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 	}
 	if len(r.External.Queries) != 2 {
 		return r, fmt.Errorf("getent ahosts %s: the pod sent %d queries (%v), want 2 (A and AAAA, expanded by k8s_autopath)", PrivateZoneName(), len(r.External.Queries), r.External.Queries)
+	}
+	// pod-b: its Pod's dnsConfig sets ndots, so the pod walks its search
+	// list itself: A and AAAA for each of the 3 domains, then the name.
+	if r.NoAutopath, err = n.Getent(ctx, n.Pods[1], PrivateZoneName()); err != nil {
+		return r, err
+	}
+	if !containsStr(r.NoAutopath.Addrs, n.ServiceIP.String()) || len(r.NoAutopath.Queries) != 8 {
+		return r, fmt.Errorf("getent ahosts %s in %s (no autopath): %v with %d queries (%v), want %s with 8", PrivateZoneName(), n.Pods[1].Name,
+			r.NoAutopath.Addrs, len(r.NoAutopath.Queries), r.NoAutopath.Queries, n.ServiceIP)
 	}
 	if r.CentralSaw, err = n.WhoSaw(p, 2*time.Second); err != nil {
 		return r, fmt.Errorf("whoami through the VIP: %w", err)
