@@ -86,7 +86,7 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("3. kill -9 node-cache: %s's queries answered by the central CoreDNS %s later (limit: heartbeat timeout %s + 1 s;\n", a, ms(f.Recovered), n.Opt.HeartbeatTimeout)
 	fmt.Printf("   %d queries timed out meanwhile, 200 ms each; the kernel left %d operations alone for the stale heartbeat)\n", f.Failed, f.Stale)
 	fmt.Printf("   dig %-34s -> %s, SERVER %s (the central CoreDNS)\n", node.ServiceFQDN(), f.Dig.Answer, server(f.Dig.Server))
-	fmt.Printf("   node-cache restarted: ready in %s (adopting the pinned programs), steering again %s after its start\n", ms(f.Restart), ms(f.SteerAgain))
+	fmt.Printf("   node-cache restarted: ready in %s (it adopted the %d pinned links), steering again %s after its start\n", ms(f.Restart), f.Adopted, ms(f.SteerAgain))
 
 	// 4.
 	rec, err := n.PrivateZoneRecords(stepCtx)

@@ -129,6 +129,9 @@ func TestWholeNode(t *testing.T) {
 			if f.Recovered > n.Opt.HeartbeatTimeout+time.Second || f.Stale == 0 || f.Dig.Answer != n.ServiceIP.String() {
 				t.Errorf("fallback: %+v", f)
 			}
+			if f.Adopted != 8 {
+				t.Errorf("the restarted node-cache adopted %d pinned links, want 8 (one per hook)", f.Adopted)
+			}
 			if n.NodeCache.Pid() == nodeCachePid || n.NodeCache.Exited() {
 				t.Errorf("node-cache not restarted")
 			}

@@ -378,6 +378,7 @@ type Fallback struct {
 	Dig        Dig           // dig of the Service while node-cache is down
 	Stale      uint64        // kernel: operations not steered for a stale heartbeat
 	Restart    time.Duration // new node-cache ready
+	Adopted    int           // pinned links the new node-cache adopted
 	SteerAgain time.Duration // restart -> queries steered again
 }
 
@@ -428,6 +429,13 @@ func (n *Node) KillAndRestart(ctx context.Context) (Fallback, error) {
 		return f, fmt.Errorf("restarting node-cache: %w", err)
 	}
 	f.Restart = time.Since(t0)
+	var adopted struct {
+		N int `json:"adopted-links"`
+	}
+	decodeJSONLine(n.NodeCache.Log, "adopted-links", &adopted)
+	if f.Adopted = adopted.N; f.Adopted == 0 {
+		return f, fmt.Errorf("the new node-cache did not adopt the pinned links (log: %s)", n.NodeCache.Log)
+	}
 	for {
 		saw, err := n.WhoSaw(p, time.Second)
 		if err == nil && saw == n.Central.HostIP {
