@@ -42,6 +42,7 @@ func main() {
 	fs.StringVar(&cfg.Steer.BPFFS, "bpffs", "/sys/fs/bpf", "steering: bpf file system; programs, links and maps are pinned under PATH/dnsaccel (mounted if PATH is not one)")
 	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly")
 	fs.BoolVar(&cfg.KernelCache.On, "kernel-cache", true, "with steering: answer hot names in the kernel, at pods' interfaces (a tc program on each veth), without waking node-cache; where the kernel cannot run it, node-cache goes on without it")
+	fs.StringVar(&cfg.KernelCache.Interfaces, "kernel-cache-interfaces", "", "REGEX: with --kernel-cache, only host interfaces whose names match get the tc program (empty: every veth)")
 	fs.IntVar(&cfg.KernelCache.MaxBytes, "kernel-cache-max-bytes", nodecache.DefaultKernelCacheMaxBytes, "largest response (bytes) answered from the kernel; larger ones are answered by node-cache")
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
 	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs) and every --local-ip address (from --interface) node-cache created, then exit 0")
