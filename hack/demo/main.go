@@ -48,7 +48,8 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("  cloud       bin/cloud-emulator --local-enis on %s: PrivateZone, ECS, metadata; VPC %s in namespace %q;\n", strings.TrimPrefix(n.EmulatorURL, "http://"), node.VPCCIDR, node.VPCNetns)
 	fmt.Printf("              PrivateZone DNS (the VPC resolver) on %s\n", n.PvtzDNS)
 	fmt.Printf("  kube-dns    Service kube-system/kube-dns %s -> bin/coredns (kubernetes plugin) in namespace %s, VIP on its lo, routed there\n", n.VIP, n.Central.Name)
-	fmt.Printf("  node-cache  bin/node-cache --kubeconfig ... --local-ip %s --heartbeat-timeout %s (VIP and cluster upstream from Service kube-dns)\n", n.LocalIP, n.Opt.HeartbeatTimeout)
+	fmt.Printf("  node-cache  bin/node-cache --kubeconfig ... --local-ip %s --heartbeat-timeout %s (VIP and cluster upstream from Service kube-dns;\n", n.LocalIP, n.Opt.HeartbeatTimeout)
+	fmt.Printf("              kernel cache on the pods' veths only)\n")
 	fmt.Printf("  pvtz-sync   bin/pvtz-sync --zone %s --policy sync --source service\n\n", node.Zone)
 
 	// 1.
@@ -74,6 +75,12 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("   getent ahosts %-26s -> %s, %d queries on the wire (%s)\n", node.ServiceName, strings.Join(r.Short.Addrs, " "), len(r.Short.Queries), queries(r.Short))
 	fmt.Printf("   getent ahosts %-26s -> %s, %d queries on the wire: k8s_autopath expanded the search list in node-cache\n", node.PrivateZoneName(), strings.Join(r.External.Addrs, " "), len(r.External.Queries))
 	fmt.Printf("     the same from %s (its Pod's dnsConfig sets ndots, so k8s_autopath leaves it alone): %d queries\n", n.Pods[1].Name, len(r.NoAutopath.Queries))
+	if r.Kernel.On {
+		fmt.Printf("   %d more queries for %s, a fresh socket each: %.0f answered in the kernel at %s's veth\n", r.Kernel.Queries, node.ServiceFQDN(), r.Kernel.Hits, a)
+		fmt.Printf("     (node-cache's kernel cache, a tc program), %.0f reached node-cache; median round trip %s\n", r.Kernel.UserSpace, us(r.Kernel.Median))
+	} else {
+		fmt.Printf("   (this kernel cannot run node-cache's in-kernel cache: skipped)\n")
+	}
 	fmt.Printf("   the central CoreDNS's whoami saw %s: the node, i.e. node-cache forwarded the query\n", r.CentralSaw)
 	fmt.Printf("   node-cache over this step: %.0f cache hits, %.0f misses, %.0f autopath expansions, %.0f steered socket operations\n",
 		r.Counters.Hits, r.Counters.Misses, r.Counters.AutopathHits, r.Counters.Steered)
@@ -119,6 +126,8 @@ func ms(d time.Duration) string {
 	}
 	return fmt.Sprintf("%.2f s", d.Seconds())
 }
+
+func us(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
 
 func queries(g node.Getent) string {
 	var s []string

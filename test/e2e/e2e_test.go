@@ -110,6 +110,9 @@ func TestWholeNode(t *testing.T) {
 			if len(r.NoAutopath.Queries) != 8 {
 				t.Errorf("wire queries without autopath: %v; want 8", r.NoAutopath.Queries)
 			}
+			if !r.Kernel.On || r.Kernel.Interfaces != 2 || r.Kernel.Hits != float64(r.Kernel.Queries) {
+				t.Errorf("kernel cache: %+v; want it on both pods' veths, answering every query", r.Kernel)
+			}
 			if r.CentralSaw != n.Central.HostIP {
 				t.Errorf("central CoreDNS saw %s, want the node's %s", r.CentralSaw, n.Central.HostIP)
 			}

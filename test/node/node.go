@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -728,8 +729,18 @@ func (n *Node) NodeCacheArgs() []string {
 	return []string{"--kubeconfig", n.Cluster.Kubeconfig, "--node-name", NodeName,
 		"--listen", n.NodeCacheListen, "--upstream", n.PvtzDNS, "--resolv-conf", n.path("node-resolv.conf"),
 		"--local-ip", n.localIP().String(), "--interface", "lo", "--bpffs", n.BPFFS,
-		"--heartbeat-timeout", n.Opt.HeartbeatTimeout.String(), "--kernel-cache=false",
+		"--heartbeat-timeout", n.Opt.HeartbeatTimeout.String(), "--kernel-cache-interfaces", n.kernelCacheInterfaces(),
 		"--metrics", n.NodeCacheMetrics, "--health", n.NodeCacheHealth}
+}
+
+// kernelCacheInterfaces matches the host ends of this node's pods' veths
+// only: the kernel cache's tc program goes on no other interface.
+func (n *Node) kernelCacheInterfaces() string {
+	var names []string
+	for _, p := range n.Pods {
+		names = append(names, regexp.QuoteMeta(p.HostVeth))
+	}
+	return "^(" + strings.Join(names, "|") + ")$"
 }
 
 // recordPins notes the kernel IDs of the pinned steering objects, which

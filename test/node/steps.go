@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
 
@@ -287,6 +289,7 @@ type Resolve struct {
 	Short         Getent         // getent ahosts <service> (short name)
 	External      Getent         // getent ahosts <PrivateZone name> (autopath)
 	NoAutopath    Getent         // the same from pod-b, which k8s_autopath leaves alone
+	Kernel        Kernel         // the Service's name asked again: answered in the kernel
 	CentralSaw    netip.Addr     // whoami through the cache: the node
 	Counters      CacheCounters  // node-cache's counters over the step
 	ClusterDNSLog string         // where node-cache found the VIP
@@ -348,6 +351,9 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 		return r, fmt.Errorf("getent ahosts %s in %s (no autopath): %v with %d queries (%v), want %s with 8", PrivateZoneName(), n.Pods[1].Name,
 			r.NoAutopath.Addrs, len(r.NoAutopath.Queries), r.NoAutopath.Queries, n.ServiceIP)
 	}
+	if r.Kernel, err = n.kernelAnswers(p, 20); err != nil {
+		return r, err
+	}
 	if r.CentralSaw, err = n.WhoSaw(p, 2*time.Second); err != nil {
 		return r, fmt.Errorf("whoami through the VIP: %w", err)
 	}
@@ -369,6 +375,109 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 		r.ClusterDNSLog = start.From
 	}
 	return r, nil
+}
+
+// Kernel is what the in-kernel cache answered.
+type Kernel struct {
+	On         bool          // node-cache runs it (the kernel can)
+	Interfaces int           // pod interfaces it is on
+	Queries    int           // queries sent once the kernel held the name
+	Hits       float64       // of them answered in the kernel
+	UserSpace  float64       // requests node-cache itself saw meanwhile
+	Median     time.Duration // round trip from the pod, fresh socket each
+}
+
+// kernelAnswers asks the Service's name from pod p until the kernel cache
+// answers it (node-cache offers an entry on its second hit), then k more
+// times, from a fresh socket each: all k must be answered in the kernel.
+func (n *Node) kernelAnswers(p *Pod, k int) (Kernel, error) {
+	var kc Kernel
+	var on struct {
+		Interfaces int `json:"interfaces"`
+	}
+	if !decodeJSONLine(n.NodeCache.Log, "max_bytes", &on) {
+		return kc, nil // this kernel cannot run it; node-cache said so
+	}
+	kc.On, kc.Interfaces = true, on.Interfaces
+	hits := func() (float64, error) {
+		m, err := n.NodeCacheMetricsNow()
+		return m.Sum("coredns_nodecache_offload_hits_total", ""), err
+	}
+	vip := netip.AddrPortFrom(n.VIP, 53)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before, err := hits()
+		if err != nil {
+			return kc, err
+		}
+		var qerr error
+		_ = p.cni.Do(func() error {
+			c := &steertest.RawClient{To: vip, Timeout: 2 * time.Second}
+			_, _, qerr = c.Query(ServiceFQDN())
+			return nil
+		})
+		if qerr != nil {
+			return kc, qerr
+		}
+		after, err := hits()
+		if err != nil {
+			return kc, err
+		}
+		if after > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			return kc, fmt.Errorf("the kernel cache never answered %s", ServiceFQDN())
+		}
+	}
+	before, err := hits()
+	if err != nil {
+		return kc, err
+	}
+	m0, err := n.NodeCacheMetricsNow()
+	if err != nil {
+		return kc, err
+	}
+	var rtts []time.Duration
+	var qerr error
+	_ = p.cni.Do(func() error {
+		c := &steertest.RawClient{To: vip, Timeout: 2 * time.Second}
+		for i := 0; i < k; i++ {
+			t0 := time.Now()
+			r, from, err := c.Query(ServiceFQDN())
+			rtts = append(rtts, time.Since(t0))
+			if err == nil && (from != vip || firstA(r) != n.ServiceIP.String()) {
+				err = fmt.Errorf("kernel answer %v from %s", r, from)
+			}
+			if err != nil {
+				qerr = err
+				return nil
+			}
+		}
+		return nil
+	})
+	if qerr != nil {
+		return kc, qerr
+	}
+	after, err := hits()
+	if err != nil {
+		return kc, err
+	}
+	m1, err := n.NodeCacheMetricsNow()
+	if err != nil {
+		return kc, err
+	}
+	kc.Queries, kc.Hits = k, after-before
+	kc.UserSpace = m1.Sum("coredns_dns_requests_total", "") - m0.Sum("coredns_dns_requests_total", "")
+	slices.Sort(rtts)
+	kc.Median = rtts[len(rtts)/2]
+	if kc.Hits != float64(k) {
+		return kc, fmt.Errorf("%v of %d queries answered in the kernel, want all", kc.Hits, k)
+	}
+	if kc.UserSpace != 0 {
+		return kc, fmt.Errorf("node-cache itself saw %v requests while the kernel answered", kc.UserSpace)
+	}
+	return kc, nil
 }
 
 // Fallback is step 3.
