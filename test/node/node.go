@@ -112,7 +112,7 @@ type Options struct {
 	BinDir string
 	// HeartbeatTimeout is node-cache's --heartbeat-timeout (default 1s).
 	HeartbeatTimeout time.Duration
-	// Logf, if set, is told what Up and Down are doing.
+	// Logf, if set, is told what Up is doing.
 	Logf func(format string, args ...any)
 }
 
@@ -361,12 +361,10 @@ func (n *Node) startCentralNetns(ctx context.Context) error {
 	n.made.links = append(n.made.links, ns.HostVeth)
 	n.made.addrs = append(n.made.addrs, ns.HostIP)
 	n.VIP = KubeDNSVIP
-	svc, err := cluster.CreateService(ctx, n.Cluster.Client, cluster.ServiceOptions{Namespace: "kube-system", Name: "kube-dns",
-		ClusterIP: n.VIP.String(), Labels: map[string]string{"k8s-app": "kube-dns"}, Selector: map[string]string{"k8s-app": "kube-dns"}})
-	if err != nil {
+	if _, err := cluster.CreateService(ctx, n.Cluster.Client, cluster.ServiceOptions{Namespace: "kube-system", Name: "kube-dns",
+		ClusterIP: n.VIP.String(), Labels: map[string]string{"k8s-app": "kube-dns"}, Selector: map[string]string{"k8s-app": "kube-dns"}}); err != nil {
 		return err
 	}
-	_ = svc
 	nl := ns.Netlink()
 	lo, err := nl.LinkByName("lo")
 	if err != nil {
@@ -413,7 +411,11 @@ func (n *Node) startCentralNetns(ctx context.Context) error {
 			if err != nil {
 				return
 			}
-			go proxy(c, apiHost)
+			n.proxyWG.Add(1)
+			go func() {
+				defer n.proxyWG.Done()
+				proxy(c, apiHost) // ends when either side closes
+			}()
 		}
 	}()
 	return writeKubeconfig(n.path("central-kubeconfig"), fmt.Sprintf("https://127.0.0.1:%d", apiProxyPort), n.Cluster.RestConfig.CAData, n.Cluster.Token)
@@ -860,6 +862,8 @@ func (n *Node) Down() error {
 		add("stopping the central CoreDNS", n.CentralDNS.Stop(grace))
 	}
 	if n.apiProxy != nil {
+		// The central CoreDNS is gone, so are its connections: the
+		// proxy's goroutines end.
 		n.apiProxy.Close()
 		n.proxyWG.Wait()
 		n.apiProxy = nil
@@ -1027,8 +1031,6 @@ func freeLinkLocal() netip.Addr {
 	}
 }
 
-// Summary is a one-line description of a process for the demo's header.
-func (p *Proc) Summary() string { return p.Name + " (pid " + strconv.Itoa(p.Pid()) + ")" }
 
 // decodeJSONLine decodes the first JSON line of a log that has key.
 func decodeJSONLine(path, key string, into any) bool {
