@@ -28,6 +28,14 @@ func main() {
 
 func run(ctx context.Context) (err error) {
 	fmt.Println("== dnsaccel: the whole node on one machine ==")
+	if p, _ := cluster.BinaryPath("kube-apiserver"); p != "" {
+		if _, err := os.Stat(p); err != nil && os.Getenv(cluster.EnvKubeAPIServer) == "" {
+			fmt.Printf("building kube-apiserver %s into %s (once; about 10 minutes on 2 cores)...\n", cluster.KubeVersion, p)
+		}
+	}
+	if _, err := cluster.KubeAPIServerPath(ctx); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	upCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()

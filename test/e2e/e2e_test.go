@@ -48,6 +48,7 @@ func TestWholeNode(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
+	ensureKube(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	t0 := time.Now()
@@ -199,6 +200,19 @@ func TestWholeNode(t *testing.T) {
 	})
 }
 
+// ensureKube builds kube-apiserver into the cache if it is not there yet
+// (minutes, once), outside Up's time limit, as cluster.Shared does.
+func ensureKube(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if _, err := cluster.KubeAPIServerPath(ctx); err != nil {
+		if errors.Is(err, cluster.ErrUnavailable) {
+			cluster.SkipOrFail(t, "%v", err)
+		}
+		t.Fatal(err)
+	}
+}
+
 func containsPrefix(s []string, p string) bool {
 	for _, x := range s {
 		if strings.HasPrefix(x, p) {
@@ -230,6 +244,7 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	ensureKube(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	n, err := node.Up(ctx, node.Options{BinDir: bin})

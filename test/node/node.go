@@ -565,7 +565,9 @@ func (n *Node) startPods(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.ServiceIP = netip.MustParseAddr(svc.Spec.ClusterIP)
+	if n.ServiceIP, err = netip.ParseAddr(svc.Spec.ClusterIP); err != nil {
+		return fmt.Errorf("Service %s/%s: ClusterIP %q: %w", ServiceNamespace, ServiceName, svc.Spec.ClusterIP, err)
+	}
 	// pod-b's Pod object sets ndots in its dnsConfig (the same 5 its
 	// resolv.conf has): k8s_autopath leaves such pods alone, so pod-b
 	// shows what a pod's search walk costs without it.
