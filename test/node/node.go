@@ -1033,7 +1033,6 @@ func freeLinkLocal() netip.Addr {
 	}
 }
 
-
 // decodeJSONLine decodes the first JSON line of a log that has key.
 func decodeJSONLine(path, key string, into any) bool {
 	b, err := os.ReadFile(path)
