@@ -25,10 +25,11 @@ test: deps build kube lint
 	$(GO) test -count=1 -timeout 30m ./...
 	$(GO) test -count=1 -race -timeout 10m ./plugin/...
 
-demo: deps build
-	$(GO) run ./hack/demo-cache
+# The whole node on one machine (test/node), step by step, then torn down.
+demo: deps build kube
+	$(GO) run ./hack/demo
 
-# The node cache alone on loopback (make demo will become the whole node).
+# The node cache alone on loopback.
 demo-cache: deps build
 	$(GO) run ./hack/demo-cache
 

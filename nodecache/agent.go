@@ -186,7 +186,11 @@ func (a *Agent) startKernelCache() error {
 			addrs = append(addrs, ad)
 		}
 	}
-	stop, err := startKernelCache(context.Background(), KernelCacheConfig{Addrs: addrs, MaxBytes: kc.MaxBytes}, a.log)
+	ifaces, err := kc.interfaces()
+	if err != nil {
+		return err
+	}
+	stop, err := startKernelCache(context.Background(), KernelCacheConfig{Addrs: addrs, MaxBytes: kc.MaxBytes, Interfaces: ifaces}, a.log)
 	if err != nil {
 		if kc.Explicit {
 			return fmt.Errorf("kernel cache (--kernel-cache=false runs without it): %w", err)

@@ -25,6 +25,10 @@ type KernelCache struct {
 	// cannot run it is an error, not a note in the log.
 	Explicit bool
 	MaxBytes int // --kernel-cache-max-bytes
+	// Interfaces is --kernel-cache-interfaces: a regular expression the
+	// names of the host interfaces to attach to must match (empty: every
+	// veth).
+	Interfaces string
 }
 
 // DefaultKernelCacheMaxBytes is the largest response kept in the kernel:
@@ -35,7 +39,22 @@ func (k *KernelCache) validate() error {
 	if k.MaxBytes < 64 || k.MaxBytes > kcache.MaxResponseBytes {
 		return fmt.Errorf("--kernel-cache-max-bytes %d: want 64 to %d", k.MaxBytes, kcache.MaxResponseBytes)
 	}
+	if _, err := k.interfaces(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// interfaces compiles --kernel-cache-interfaces (nil: every veth).
+func (k *KernelCache) interfaces() (*regexp.Regexp, error) {
+	if k.Interfaces == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile(k.Interfaces)
+	if err != nil {
+		return nil, fmt.Errorf("--kernel-cache-interfaces %q: %w", k.Interfaces, err)
+	}
+	return re, nil
 }
 
 // KernelCacheConfig configures the in-kernel cache: hot answers served by a

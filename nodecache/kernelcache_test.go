@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -278,6 +279,38 @@ evict.kc.test:53 {
 		}
 		if userSpace(t, metrics) <= userBefore {
 			t.Errorf("%s: node-cache did not see it", name)
+		}
+	}
+}
+
+// TestKernelCacheInterfaces: --kernel-cache-interfaces picks the host
+// interfaces by name (any type); without it every veth, and only veths.
+func TestKernelCacheInterfaces(t *testing.T) {
+	bad := KernelCache{MaxBytes: DefaultKernelCacheMaxBytes, Interfaces: "enip("}
+	if err := bad.validate(); err == nil || !strings.Contains(err.Error(), "--kernel-cache-interfaces") {
+		t.Fatalf("invalid regex: %v", err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "enip0123456789a"}}
+	other := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vethdnsa0a0b0c"}}
+	dummy := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "enipdummy"}}
+	for _, tc := range []struct {
+		flag string
+		want []bool // veth, other, dummy
+	}{
+		{"", []bool{true, true, false}},
+		{"^enip", []bool{true, false, true}},
+		{"^(enip0123456789a)$", []bool{true, false, false}},
+	} {
+		k := KernelCache{MaxBytes: DefaultKernelCacheMaxBytes, Interfaces: tc.flag}
+		if err := k.validate(); err != nil {
+			t.Fatal(err)
+		}
+		re, _ := k.interfaces()
+		kc := &kernelCache{cfg: KernelCacheConfig{Interfaces: re}}
+		for i, l := range []netlink.Link{veth, other, dummy} {
+			if got := kc.podInterface(l); got != tc.want[i] {
+				t.Errorf("--kernel-cache-interfaces %q: %s -> %v, want %v", tc.flag, l.Attrs().Name, got, tc.want[i])
+			}
 		}
 	}
 }

@@ -1,4 +1,4 @@
-// Command demo-cache is `make demo`: on one machine, without a cluster, it
+// Command demo-cache is `make demo-cache`: on one machine, without a cluster, it
 // starts an authoritative upstream (bin/coredns serving a generated zone)
 // and bin/node-cache in front of it on loopback, then shows with dig and a
 // real DNS client what the cache does. It stops everything and exits 0, or

@@ -35,12 +35,18 @@ var queryLine = regexp.MustCompile(`\s\d+\+?%?\s+([A-Z0-9]+)\?\s+(\S+)\s`)
 // CaptureDNS starts capturing the pod's outgoing DNS queries. Stop it with
 // Stop; it also ends with ctx.
 func (p *Pod) CaptureDNS(ctx context.Context) (*Capture, error) {
+	return CaptureDNSOn(ctx, p.HostVeth)
+}
+
+// CaptureDNSOn captures the DNS queries arriving over UDP on a host
+// interface: the host end of a pod's veth, whatever made the pod.
+func CaptureDNSOn(ctx context.Context, ifname string) (*Capture, error) {
 	path, err := exec.LookPath("tcpdump")
 	if err != nil {
 		return nil, fmt.Errorf("%w: tcpdump not installed (make deps installs it)", ErrUnavailable)
 	}
 	c := &Capture{done: make(chan error, 1)}
-	c.cmd = exec.CommandContext(ctx, path, "-i", p.HostVeth, "-n", "-l", "-Q", "in", "udp dst port 53")
+	c.cmd = exec.CommandContext(ctx, path, "-i", ifname, "-n", "-l", "-Q", "in", "udp dst port 53")
 	stdout, err := c.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -83,7 +89,7 @@ func (p *Pod) CaptureDNS(ctx context.Context) (*Capture, error) {
 		}
 	case <-time.After(10 * time.Second):
 		c.cmd.Process.Kill()
-		return nil, fmt.Errorf("tcpdump on %s not listening after 10s", p.HostVeth)
+		return nil, fmt.Errorf("tcpdump on %s not listening after 10s", ifname)
 	}
 	return c, nil
 }
