@@ -136,6 +136,13 @@ func RunLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 	return runLatGen(ctx, addr, queries, total, rate, nsock, timeout)
 }
 
+// RunLatSerial measures latency one query at a time from a blocking socket
+// on the calling goroutine's OS thread (see runLatSerial); inside
+// netns.Pod.Do its socket belongs to the pod.
+func RunLatSerial(ctx context.Context, addr string, queries [][]byte, total int, rate float64, timeout time.Duration) (LatResult, error) {
+	return runLatSerial(ctx, addr, queries, total, rate, timeout)
+}
+
 // CachedNames are the names of the cache benchmark's working set: the A
 // records of the upstream's zone (Peers.StartUpstream).
 func CachedNames() []string { return cachedNameList() }

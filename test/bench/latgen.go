@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // latResult is what the rate-paced latency generator measured.
@@ -216,6 +219,115 @@ func runLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 		return res, fmt.Errorf("latgen: no answers from %s (%d sent, %d bad)", addr, sent, res.Bad)
 	}
 	res.lats = lats
+	res.setPercentiles()
+	return res, nil
+}
+
+// runLatSerial measures latency with one query at a time from one blocking
+// UDP socket on the calling goroutine's OS thread (locked for the run): query
+// i is sent at its slot, base + i/rate, and timed from that slot. It is for
+// paths whose latency is near the cost of a wake-up. The open-loop generator
+// above parks its readers in Go's netpoller, so each of its samples also holds
+// the time until some thread polls and runs the reader — tens of µs, more in
+// its tail than a kernel-answered query takes in all. Here the reply of a
+// path answered within the sender's own syscall (a tc program at the pod's
+// veth) is already queued when recvfrom is called, and a reply from another
+// core wakes the blocked thread directly. A query is timed from when it is
+// sent, except when the previous reply came after this query's slot: then
+// from the slot, so the wait for a slow reply counts and the closed loop
+// does not flatter a slow path (while the generator's own wake-up, late by
+// a few µs, does not count against any path). A lost query (no reply
+// within timeout) moves the schedule on by the time waited. Replies to an
+// earlier, timed-out query are skipped by ID.
+func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int, rate float64, timeout time.Duration) (latResult, error) {
+	var res latResult
+	if total <= 0 || rate <= 0 || len(queries) == 0 {
+		return res, errors.New("latgen: nothing to send")
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return res, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return res, fmt.Errorf("latgen: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval(int64(timeout))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return res, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+		return res, fmt.Errorf("latgen: connect %s: %w", addr, err)
+	}
+
+	res.lats = make([]time.Duration, 0, total)
+	sbuf := make([]byte, 0, 512)
+	rbuf := make([]byte, 4096)
+	base := time.Now()
+	var lastReply time.Time
+	for i := 0; i < total; i++ {
+		if i%256 == 0 && ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		due := base.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		behind := lastReply.After(due)
+		// Sleep most of the way on the thread itself (nanosleep: a Go
+		// timer would wake the goroutine up to a millisecond late), spin
+		// the rest: even a thread's wake-up is late by tens of µs, which
+		// would end up in the sample.
+		if d := time.Until(due); d > 150*time.Microsecond {
+			ts := unix.NsecToTimespec(int64(d - 100*time.Microsecond))
+			_ = unix.Nanosleep(&ts, nil)
+		}
+		for time.Now().Before(due) {
+		}
+		id := uint16(i)
+		sbuf = append(sbuf[:0], queries[i%len(queries)]...)
+		binary.BigEndian.PutUint16(sbuf, id)
+		res.Sent++
+		start := time.Now()
+		if behind {
+			start = due
+		}
+		if _, err := unix.Write(fd, sbuf); err != nil {
+			res.Lost++
+			continue
+		}
+		for {
+			n, err := unix.Read(fd, rbuf)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil { // SO_RCVTIMEO: lost
+				// The wait was the generator's: the schedule resumes from
+				// now rather than charging it to the queries after.
+				res.Lost++
+				base = base.Add(time.Since(due))
+				lastReply = time.Time{}
+				break
+			}
+			if n < 12 || binary.BigEndian.Uint16(rbuf) != id {
+				continue // a late reply to an earlier query, or garbage
+			}
+			lastReply = time.Now()
+			lat := lastReply.Sub(start)
+			rcode := rbuf[3] & 0x0f
+			if rbuf[2]&0x80 == 0 || rcode != dns.RcodeSuccess || binary.BigEndian.Uint16(rbuf[6:]) == 0 {
+				res.Bad++
+			} else {
+				res.lats = append(res.lats, lat)
+			}
+			break
+		}
+	}
+	res.Answers = len(res.lats)
+	res.Rate = float64(res.Sent) / time.Since(base).Seconds()
+	if res.Answers == 0 {
+		return res, fmt.Errorf("latgen: no answers from %s (%d sent, %d bad, %d lost)", addr, res.Sent, res.Bad, res.Lost)
+	}
 	res.setPercentiles()
 	return res, nil
 }

@@ -167,7 +167,7 @@ func (rep *Report) Markdown(plotRel string) string {
 	p("| Kernel answers | node-cache's `coredns_nodecache_offload_hits_total` over the same run ÷ answers. |\n")
 	p("| Max QPS | dnsperf unthrottled (`-c %d -q %d`) for %s: answered (NOERROR) queries per second. dnsperf has one core, the same the pod's kernel work lands on, so this is bound by the load core for the fastest systems; *server CPU* shows how busy the server was. |\n",
 		cfg.PerfClients, cfg.PerfOutstanding, cfg.Duration)
-	p("| p50 / p99, lost | Debian's dnsperf 2.10 has no latency histogram, so the harness's open-loop generator (`test/bench/latgen.go`, 4 UDP sockets) runs inside the pod (`netns.Pod.Do`) at %.0f QPS for %s; lost = no answer within 1 s. Its figures include the generator's own wake-ups (Go's netpoller) on the load core. *Lost* and *avg latency @%s* are dnsperf's in the fixed-rate run. |\n",
+	p("| p50 / p99, lost | Debian's dnsperf 2.10 has no latency histogram, so the harness's serial generator (`test/bench/latgen.go`, `runLatSerial`) runs inside the pod (`netns.Pod.Do`) at %.0f QPS for %s: one blocking UDP socket on one OS thread, each query sent at its slot (spinning the last µs to it) and timed from that slot, so a late reply delays the next query and counts in its latency; lost = no answer within 1 s. Earlier runs used the open-loop generator with 4 sockets, whose readers wait in Go's netpoller: its samples held that wake-up too (p99 83–119 µs for the kernel path). *Lost* and *avg latency @%s* are dnsperf's in the fixed-rate run. |\n",
 		cfg.LatRate, cfg.LatDuration, fixed)
 	p("| Background | the machine's busy time in the second before the fixed-rate run (server idle), as µs per answer over the run: other work on the machine, included in node CPU. |\n\n")
 

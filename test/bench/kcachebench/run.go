@@ -580,7 +580,7 @@ func (e *env) measure(ctx context.Context, r *Result) error {
 		return err
 	}
 
-	// 3. Latency from the pod, the harness's open-loop generator.
+	// 3. Latency from the pod, one query at a time from a blocking socket.
 	if err := warm(); err != nil {
 		return err
 	}
@@ -588,7 +588,7 @@ func (e *env) measure(ctx context.Context, r *Result) error {
 	e.logf("%s: latency, %d queries at %.0f QPS", r.System, n, e.cfg.LatRate)
 	if err := e.pod.Do(func() error {
 		var err error
-		r.Lat, err = bench.RunLatGen(ctx, vip, e.queries, n, e.cfg.LatRate, 4, time.Second)
+		r.Lat, err = bench.RunLatSerial(ctx, vip, e.queries, n, e.cfg.LatRate, time.Second)
 		return err
 	}); err != nil {
 		return errors.Join(err, alive("latency"))
