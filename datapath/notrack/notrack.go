@@ -230,46 +230,43 @@ func (t Table) exists(c *nftables.Conn) (bool, error) {
 // Rules lists the table's rules as "chain: ip daddr A udp dport P notrack"
 // (rules it did not write are shown as "chain: ?"), in kernel order.
 func (t Table) Rules() ([]string, error) {
-	c, err := t.conn()
-	if err != nil {
-		return nil, err
-	}
-	tb := t.table()
 	var out []string
-	for _, ch := range t.chains(tb) {
-		rules, err := c.GetRules(tb, ch)
-		if err != nil {
-			return nil, fmt.Errorf("nftables: listing chain %s of table inet %s: %w", ch.Name, t.name(), err)
-		}
-		for _, r := range rules {
-			out = append(out, ch.Name+": "+Describe(r.Exprs))
-		}
-	}
-	return out, nil
+	err := t.eachRule(func(ch *nftables.Chain, r *nftables.Rule) {
+		out = append(out, ch.Name+": "+Describe(r.Exprs))
+	})
+	return out, err
 }
 
 // Owners lists the owner tokens in the rules' comments (one, normally).
 func (t Table) Owners() ([]string, error) {
+	var out []string
+	err := t.eachRule(func(_ *nftables.Chain, r *nftables.Rule) {
+		if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
+			if tok, ok := strings.CutPrefix(s, commentPrefix); ok && !slices.Contains(out, tok) {
+				out = append(out, tok)
+			}
+		}
+	})
+	return out, err
+}
+
+// eachRule calls f for every rule of the table's chains, in kernel order.
+func (t Table) eachRule(f func(*nftables.Chain, *nftables.Rule)) error {
 	c, err := t.conn()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tb := t.table()
-	var out []string
 	for _, ch := range t.chains(tb) {
 		rules, err := c.GetRules(tb, ch)
 		if err != nil {
-			return nil, fmt.Errorf("nftables: listing chain %s of table inet %s: %w", ch.Name, t.name(), err)
+			return fmt.Errorf("nftables: listing chain %s of table inet %s: %w", ch.Name, t.name(), err)
 		}
 		for _, r := range rules {
-			if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
-				if tok, ok := strings.CutPrefix(s, commentPrefix); ok && !slices.Contains(out, tok) {
-					out = append(out, tok)
-				}
-			}
+			f(ch, r)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 type direction bool

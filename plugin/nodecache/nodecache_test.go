@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -86,21 +85,7 @@ func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 // startCache runs CoreDNS in-process with the nodecache block given.
 func startCache(t *testing.T, block string) string {
 	t.Helper()
-	addr, err := dnstest.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	corefile := fmt.Sprintf(".:%s {\n  bind 127.0.0.1\n  %s\n}\n", port, block)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)
-	}
-	t.Cleanup(func() {
-		inst.Stop()
-		inst.ShutdownCallbacks()
-	})
-	return addr
+	return startCorefile(t, ".:%[1]s {\n  bind 127.0.0.1\n  "+strings.ReplaceAll(block, "%", "%%")+"\n}\n")
 }
 
 func ask(t *testing.T, addr, name string, qtype uint16, mutate ...func(*dns.Msg)) *dns.Msg {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dnsaccel/dnsaccel/test/internal/spawn"
 )
 
 // KubeVersion is the Kubernetes release whose kube-apiserver (and kubectl)
@@ -233,7 +235,7 @@ func EnsureBinary(ctx context.Context, name string) (string, error) {
 	cmd.Stderr = &out
 	// Dies with the test binary (e.g. killed by go test -timeout).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startOnSpawnerThread(cmd); err != nil {
+	if err := spawn.Start(cmd); err != nil {
 		return "", fmt.Errorf("running go build: %w", err)
 	}
 	waitc := make(chan error, 1)

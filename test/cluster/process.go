@@ -6,45 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/dnsaccel/dnsaccel/test/internal/owner"
+	"github.com/dnsaccel/dnsaccel/test/internal/spawn"
 )
-
-// Child processes are started with Pdeathsig=SIGKILL so they die with the
-// test binary, even if it panics or is killed. The kernel sends that signal
-// when the *thread* that forked the child exits, and the Go runtime ends
-// threads whose goroutine exits while locked (e.g. after a failed setns in
-// network-namespace code). So every fork happens on one dedicated thread
-// that stays locked for the lifetime of the process.
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-var (
-	spawnOnce sync.Once
-	spawnCh   chan spawnReq
-)
-
-func startOnSpawnerThread(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnCh = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must not exit
-			for r := range spawnCh {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnCh <- spawnReq{cmd: cmd, done: done}
-	return <-done
-}
 
 // proc is a child process in its own process group with its output in a log file.
 type proc struct {
@@ -65,7 +33,7 @@ func startProc(name, bin string, args []string, logPath string) (*proc, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startOnSpawnerThread(cmd); err != nil {
+	if err := spawn.Start(cmd); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
 	}

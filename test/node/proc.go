@@ -4,42 +4,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dnsaccel/dnsaccel/test/internal/spawn"
 )
-
-// Children get Pdeathsig=SIGKILL so they die with this process. The kernel
-// sends it when the *thread* that forked the child exits, and the Go
-// runtime ends threads whose goroutine exits while locked (network
-// namespace code locks threads). So every fork happens on one thread that
-// stays locked for the life of the process, as in test/cluster.
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-var (
-	spawnOnce sync.Once
-	spawnCh   chan spawnReq
-)
-
-func startOnSpawnerThread(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnCh = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must not exit
-			for r := range spawnCh {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnCh <- spawnReq{cmd: cmd, done: done}
-	return <-done
-}
 
 // Proc is a process of the node, in its own process group, its output in
 // a log file under the node's directory.
@@ -64,7 +34,7 @@ func startProc(name, logPath string, env []string, argv ...string) (*Proc, error
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startOnSpawnerThread(cmd); err != nil {
+	if err := spawn.Start(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
