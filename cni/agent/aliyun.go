@@ -48,7 +48,10 @@ func NewECS(region, endpoint string, cred auth.Credential) (*ECS, error) {
 
 func (e *ECS) prep(r *requests.RpcRequest) { r.Scheme = e.scheme }
 
-// wrap turns SDK errors into *CloudError.
+// wrap turns SDK errors into *CloudError. A transport error keeps its
+// cause but loses the request URL: the SDK signs in the query string, so
+// the URL holds the AccessKeyId, the Signature and any STS SecurityToken,
+// and these errors are logged and shown in Events and CNI errors.
 func wrap(action string, err error) error {
 	if err == nil {
 		return nil
@@ -57,8 +60,26 @@ func wrap(action string, err error) error {
 	if errors.As(err, &se) {
 		return &CloudError{Action: action, Code: se.ErrorCode(), Message: se.Message(), HTTP: se.HttpStatus()}
 	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		host := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			host = u.Host
+		}
+		return &transportError{action: action, host: host, err: ue.Err}
+	}
 	return fmt.Errorf("%s: %w", action, err)
 }
+
+// transportError is a request that got no answer (connection refused,
+// reset, timeout); Unwrap gives the cause (net.Error, io.EOF, ...).
+type transportError struct {
+	action, host string
+	err          error
+}
+
+func (e *transportError) Error() string { return fmt.Sprintf("%s to %s: %v", e.action, e.host, e.err) }
+func (e *transportError) Unwrap() error { return e.err }
 
 func parseAddrs(ss []string) []netip.Addr {
 	out := make([]netip.Addr, 0, len(ss))
