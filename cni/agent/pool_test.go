@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,11 +25,33 @@ type fakeCloud struct {
 	tokens  map[string][]string // action -> tokens seen
 	fail    map[string][]error  // action -> errors to return first
 	byToken map[string]any
-	ipsPer  int
+	// lose: answers to lose per action: the call takes effect, the caller
+	// gets a connection error (an answer lost on the way back).
+	lose   map[string]int
+	ipsPer int
+	// gate, if set, holds every create and assign until it can receive.
+	gate chan struct{}
+}
+
+func (f *fakeCloud) wait() {
+	if f.gate != nil {
+		<-f.gate
+	}
+}
+
+var errLostAnswer = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}
+
+// lost reports (and counts) an answer to lose. f.mu held.
+func (f *fakeCloud) lost(action string) bool {
+	if f.lose[action] > 0 {
+		f.lose[action]--
+		return true
+	}
+	return false
 }
 
 func newFake(ipsPer int) *fakeCloud {
-	return &fakeCloud{enis: map[string]*ENI{}, calls: map[string]int{}, tokens: map[string][]string{}, fail: map[string][]error{}, byToken: map[string]any{}, ipsPer: ipsPer}
+	return &fakeCloud{enis: map[string]*ENI{}, calls: map[string]int{}, tokens: map[string][]string{}, fail: map[string][]error{}, byToken: map[string]any{}, lose: map[string]int{}, ipsPer: ipsPer}
 }
 
 func (f *fakeCloud) hit(action, token string) error {
@@ -48,6 +72,7 @@ func (f *fakeCloud) addr() netip.Addr {
 }
 
 func (f *fakeCloud) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.hit("Create", r.Token); err != nil {
@@ -65,6 +90,9 @@ func (f *fakeCloud) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, erro
 	e.Primary = e.IPs[0]
 	f.enis[e.ID] = e
 	f.byToken[r.Token] = e
+	if f.lost("Create") {
+		return nil, errLostAnswer
+	}
 	c := *e
 	return &c, nil
 }
@@ -98,6 +126,7 @@ func (f *fakeCloud) DeleteENI(_ context.Context, id string) error {
 }
 
 func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string) ([]netip.Addr, error) {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.hit("Assign", token); err != nil {
@@ -116,6 +145,9 @@ func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string)
 	}
 	e.IPs = append(e.IPs, got...)
 	f.byToken[token] = got
+	if f.lost("Assign") {
+		return nil, errLostAnswer
+	}
 	return got, nil
 }
 
@@ -415,4 +447,140 @@ func TestGC(t *testing.T) {
 	if len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
 		t.Fatalf("GC released %v, cleaned %v, left %d", rel, cleaned, len(p.Allocations()))
 	}
+}
+
+// A create or assign whose answer is lost took effect in the cloud: the
+// pool repeats it with the same ClientToken (ECS answers with what the
+// first call made) instead of issuing a new request, so nothing leaks.
+func TestLostAnswerRepeatedWithItsToken(t *testing.T) {
+	f := newFake(10)
+	f.lose["Create"], f.lose["Assign"] = 1, 1
+	p, st := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 2; i++ { // the first needs an ENI, the second an assign
+		if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth}); err != nil {
+			t.Fatalf("alloc %d: %v", i, err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.enis) != 1 {
+		t.Errorf("%d ENIs in the cloud, want 1 (a lost create answer repeated with a new token leaks an ENI)", len(f.enis))
+	}
+	for _, action := range []string{"Create", "Assign"} {
+		toks := f.tokens[action]
+		if len(toks) != 2 || toks[0] != toks[1] {
+			t.Errorf("%s tokens %v: want the lost call repeated once with its token", action, toks)
+		}
+	}
+	for _, e := range f.enis {
+		if len(e.IPs) != 2 {
+			t.Errorf("ENI %s has %d addresses in the cloud, the pool knows 2", e.ID, len(e.IPs))
+		}
+	}
+	if ops, _ := st.Ops(); len(ops) != 0 {
+		t.Errorf("pending ops left: %v", ops)
+	}
+}
+
+// addENI puts an attached ENI with n addresses into the cloud and the pool.
+func addENI(t *testing.T, f *fakeCloud, p *Pool, n int) *poolENI {
+	t.Helper()
+	e, err := f.CreateENI(context.Background(), CreateENIRequest{VSwitchID: "vsw-1", Count: n, Name: p.cfg.ENIName, Token: NewToken()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = f.AttachENI(context.Background(), e.ID, "i-1")
+	pe := &poolENI{ID: e.ID, MAC: e.MAC, VSwitchID: e.VSwitchID, Primary: e.Primary, ips: map[netip.Addr]api.Key{}}
+	for _, a := range e.IPs {
+		pe.ips[a] = api.Key{}
+	}
+	p.mu.Lock()
+	p.enis[pe.ID] = pe
+	p.mu.Unlock()
+	return pe
+}
+
+func (p *Pool) inFlight() (refills, addrs int, enis []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.assigning {
+		enis = append(enis, id)
+	}
+	slices.Sort(enis)
+	return p.refills, p.inflight, enis
+}
+
+// Refills overlap: a deficit larger than one assign's batch starts
+// assigns on several ENIs at once (never two on one ENI), sized to the
+// deficit, and counts what is in flight so it does not ask twice.
+func TestRefillsOverlap(t *testing.T) {
+	f := newFake(20)
+	p, _ := newTestPool(t, f, f, 20, 40, Limits{ENIs: 4, IPsPerENI: 20})
+	a, b := addENI(t, f, p, 5), addENI(t, f, p, 4)
+	f.gate = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { close(f.gate); cancel(); p.work.Wait() }()
+	for p.step(ctx) {
+	}
+	// idle 9, want 40: assign 10 on the fuller ENI, 10 on the other; then
+	// 9 + 20 in flight >= min-idle 20: nothing more.
+	refills, addrs, enis := p.inFlight()
+	if want := []string{a.ID, b.ID}; refills != 2 || addrs != 20 || !slices.Equal(enis, sortedIDs(want)) {
+		t.Fatalf("in flight: %d calls, %d addresses, assigning on %v; want 2 calls of 10 on %v", refills, addrs, enis, sortedIDs(want))
+	}
+	for range 2 {
+		f.gate <- struct{}{}
+	}
+	waitFor(t, "both assigns to land", func() bool { r, _, _ := p.inFlight(); return r == 0 })
+	if s := p.Status(api.ModeVeth); s.Idle != 29 {
+		t.Fatalf("idle %d after two assigns of 10 onto 9, want 29", s.Idle)
+	}
+	if n := f.count("Assign"); n != 2 {
+		t.Fatalf("%d assigns, want 2", n)
+	}
+}
+
+func sortedIDs(ids []string) []string { s := slices.Clone(ids); slices.Sort(s); return s }
+
+// Under demand the refill starts before idle falls below min-idle: with
+// pods taking 20 addresses a second and an assign lasting a second, the
+// pool asks for more at 25 idle (min-idle 20), and sizes the batch to be
+// back near max-idle when it lands.
+func TestRefillStartsEarlyUnderDemand(t *testing.T) {
+	f := newFake(30)
+	p, _ := newTestPool(t, f, f, 20, 50, Limits{ENIs: 4, IPsPerENI: 30})
+	addENI(t, f, p, 25)
+	f.gate = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { close(f.gate); cancel(); p.work.Wait() }()
+	if p.step(ctx) {
+		t.Fatal("refill started at 25 idle without demand (min-idle 20)")
+	}
+	now := time.Now()
+	p.mu.Lock()
+	p.assignDur = time.Second
+	for i := range 20 { // 20 allocations over the last second
+		p.allocTimes = append(p.allocTimes, now.Add(-time.Second+time.Duration(i)*50*time.Millisecond))
+	}
+	p.mu.Unlock()
+	if !p.step(ctx) {
+		t.Fatal("no refill at 25 idle with pods taking 20 a second and assigns lasting 1 s")
+	}
+	if _, addrs, _ := p.inFlight(); addrs != 5 {
+		// want = max 50 + demand 20 - 25 idle = 45, capped by the ENI's
+		// room (30 - 25 = 5).
+		t.Fatalf("%d addresses asked for, want the ENI's remaining 5", addrs)
+	}
+	if !p.step(ctx) {
+		t.Fatal("no second refill: 25 + 5 in flight is still short of min-idle + demand")
+	}
+	if r, addrs, _ := p.inFlight(); r != 2 || addrs != 35 {
+		t.Fatalf("in flight %d calls, %d addresses; want an assign of 5 and a create of 30", r, addrs)
+	}
+	f.gate <- struct{}{}
+	f.gate <- struct{}{}
+	waitFor(t, "both refills to land", func() bool { r, _, _ := p.inFlight(); return r == 0 })
 }

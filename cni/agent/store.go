@@ -38,6 +38,8 @@ type pendingOp struct {
 	Exclusive bool      `json:"exclusive,omitempty"`
 	Token     string    `json:"token"`
 	Started   time.Time `json:"started"`
+	// attempts: how often this agent ran it (not persisted).
+	attempts int
 }
 
 // Store is the agent's bbolt state.
