@@ -154,10 +154,15 @@ func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string)
 func (f *fakeCloud) UnassignIPs(_ context.Context, id string, ips []netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_ = f.hit("Unassign", "")
+	if err := f.hit("Unassign", ""); err != nil {
+		return err
+	}
 	e := f.enis[id]
 	drop := map[netip.Addr]bool{}
 	for _, a := range ips {
+		if !slices.Contains(e.IPs, a) {
+			return &CloudError{Action: "UnassignPrivateIpAddresses", Code: codeIPUnassigned}
+		}
 		drop[a] = true
 	}
 	var keep []netip.Addr
@@ -167,6 +172,9 @@ func (f *fakeCloud) UnassignIPs(_ context.Context, id string, ips []netip.Addr) 
 		}
 	}
 	e.IPs = keep
+	if f.lost("Unassign") {
+		return errLostAnswer
+	}
 	return nil
 }
 
@@ -583,4 +591,26 @@ func TestRefillStartsEarlyUnderDemand(t *testing.T) {
 	f.gate <- struct{}{}
 	f.gate <- struct{}{}
 	waitFor(t, "both refills to land", func() bool { r, _, _ := p.inFlight(); return r == 0 })
+}
+
+// An unassign whose answer is lost took effect: the addresses must not go
+// back into the pool (they would be handed to pods the VPC no longer
+// routes to this node).
+func TestLostUnassignAnswer(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 6, Limits{ENIs: 4, IPsPerENI: 10})
+	e := addENI(t, f, p, 8)
+	f.lose["Unassign"] = 1
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if !p.step(ctx) {
+		t.Fatal("no shrink with 8 idle, max-idle 6")
+	}
+	p.work.Wait()
+	f.mu.Lock()
+	cloud := len(f.enis[e.ID].IPs)
+	f.mu.Unlock()
+	if idle := p.Status(api.ModeVeth).Idle; idle != cloud || cloud != 6 {
+		t.Fatalf("pool has %d idle addresses, the cloud %d on the ENI; want 6 and 6", idle, cloud)
+	}
 }
