@@ -166,7 +166,6 @@ type Pool struct {
 	eniLimitUntil time.Time
 	retryAfter    time.Time
 	lastErr       string
-	failSeq       uint64
 	condOK        *bool
 }
 
@@ -248,9 +247,10 @@ func (p *Pool) blockedLocked(vsw string, now time.Time) (block, bool) {
 
 // canCreateLocked reports whether a new ENI may be created now, or why not.
 func (p *Pool) canCreateLocked(now time.Time) string {
-	if len(p.enis)+p.creating >= p.maxSecondary() {
+	// Creates waiting to be repeated may each have made an ENI already.
+	if n := len(p.enis) + p.creating + p.retryCreatesLocked(); n >= p.maxSecondary() {
 		return fmt.Sprintf("ENI limit reached: %d secondary ENIs of %d addresses each (instance type allows %d ENIs including the primary)",
-			len(p.enis)+p.creating, p.cfg.Limits.IPsPerENI, p.cfg.Limits.ENIs)
+			n, p.cfg.Limits.IPsPerENI, p.cfg.Limits.ENIs)
 	}
 	if now.Before(p.eniLimitUntil) {
 		return fmt.Sprintf("ECS refused another ENI (%s) until %s", CodeENILimit, p.eniLimitUntil.Format(time.TimeOnly))
@@ -266,11 +266,33 @@ func (p *Pool) canCreateLocked(now time.Time) string {
 	return strings.Join(why, "; ")
 }
 
+// retryAddrsLocked counts the shared addresses of calls waiting to be
+// repeated: they may have been made already, so they count as on their way.
+func (p *Pool) retryAddrsLocked() int {
+	n := 0
+	for _, op := range p.retryOps {
+		if !op.Exclusive {
+			n += op.Count
+		}
+	}
+	return n
+}
+
+func (p *Pool) retryCreatesLocked() int {
+	n := 0
+	for _, op := range p.retryOps {
+		if op.Kind == opCreate {
+			n++
+		}
+	}
+	return n
+}
+
 // cannotServeLocked returns why an ADD of mode cannot be served now ("" if
 // it can).
 func (p *Pool) cannotServeLocked(mode api.Mode) string {
 	now := time.Now()
-	if p.creating > 0 || (mode.Shared() && p.inflight > 0) {
+	if p.creating > 0 || len(p.retryOps) > 0 || (mode.Shared() && p.inflight > 0) {
 		return "" // an ENI or addresses are on their way
 	}
 	if mode == api.ModeExclusive {
@@ -319,7 +341,6 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 		p.mu.Unlock()
 		return a, nil
 	}
-	seq := p.failSeq
 	registered := false
 	unregister := func() {
 		if registered {
@@ -344,11 +365,13 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			p.log.Debug("allocated", "key", req.Key.String(), "ip", a.IP, "eni", a.ENIID, "took", time.Since(t0))
 			return a, nil
 		}
-		if why := p.cannotServeLocked(req.Mode); why != "" && (!registered || p.failSeq != seq) {
+		// Nothing on its way and no way to get more: fail now (code 11)
+		// rather than wait for the timeout.
+		if why := p.cannotServeLocked(req.Mode); why != "" {
 			unregister()
 			p.mu.Unlock()
 			p.m.AllocErrors.Inc()
-			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("%v for %s mode: %s", ErrNoAddress, req.Mode, why)}
+			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("%v for %s mode", ErrNoAddress, req.Mode), Details: why}
 		}
 		if !registered {
 			registered = true
@@ -359,7 +382,6 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			}
 			p.poke()
 		}
-		seq = p.failSeq
 		ch := p.changed
 		p.mu.Unlock()
 		select {
@@ -370,11 +392,11 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			last := p.lastErr
 			p.mu.Unlock()
 			p.m.AllocErrors.Inc()
-			msg := fmt.Sprintf("timed out after %s waiting for the pool to refill", time.Since(t0).Round(time.Millisecond))
+			details := ""
 			if last != "" {
-				msg += "; last cloud error: " + last
+				details = "last cloud error: " + last
 			}
-			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: msg}
+			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("timed out after %s waiting for the pool to refill", time.Since(t0).Round(time.Millisecond)), Details: details}
 		}
 		p.mu.Lock()
 	}
@@ -676,7 +698,7 @@ func (p *Pool) step(ctx context.Context) bool {
 		return true
 	}
 	idle := p.idleSharedLocked()
-	supply := idle + p.inflight
+	supply := idle + p.inflight + p.retryAddrsLocked()
 	room, busyRoom := p.roomLocked(now)
 	d := p.createDur
 	if room != nil {
@@ -736,14 +758,14 @@ func (p *Pool) roomLocked(now time.Time) (*poolENI, bool) {
 	return room, busy
 }
 
-// maxOpAttempts bounds how often the pool repeats a call without a
-// definite answer; after that the op stays in the state file for the next
-// start's reconcile.
-const maxOpAttempts = 5
-
-// takeRetryLocked returns the first failed call that can be repeated now.
+// takeRetryLocked returns the first failed call that can be repeated now
+// (each waits longer after every failure, up to a minute; none is given
+// up: a create may have made an ENI that only its token finds again).
 func (p *Pool) takeRetryLocked(now time.Time) *pendingOp {
 	for i, op := range p.retryOps {
+		if now.Before(op.notBefore) {
+			continue
+		}
 		switch op.Kind {
 		case opCreate:
 			if now.Before(p.eniLimitUntil) || len(p.enis)+p.creating >= p.maxSecondary() {
@@ -817,11 +839,9 @@ func (p *Pool) launchLocked(ctx context.Context, op *pendingOp) {
 			}
 		}
 		if retry && ctx.Err() == nil {
-			if op.attempts++; op.attempts < maxOpAttempts {
-				p.retryOps = append(p.retryOps, op)
-			} else {
-				p.log.Warn("giving up repeating a cloud call; the next start reconciles it", "kind", op.Kind, "eni", op.ENIID, "token", op.Token)
-			}
+			op.attempts++
+			op.notBefore = time.Now().Add(min(p.cfg.ErrorBackoff<<min(op.attempts, 10), time.Minute))
+			p.retryOps = append(p.retryOps, op)
 		}
 		p.mu.Unlock()
 		p.done(err)
@@ -870,7 +890,6 @@ func (p *Pool) done(err error) {
 		return
 	}
 	p.lastErr = err.Error()
-	p.failSeq++
 	if !IsAddressShortage(err) && !IsENILimit(err) {
 		p.retryAfter = time.Now().Add(p.cfg.ErrorBackoff)
 	}

@@ -351,8 +351,9 @@ func TestExhaustedAndRecovered(t *testing.T) {
 	defer cancel()
 	_, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeVeth})
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Code != api.CodeTryAgainLater || !strings.Contains(ae.Msg, CodeIPNotEnough) {
-		t.Fatalf("alloc with both vSwitches short: %v", err)
+	// CNI errors: a short msg, the long story in details.
+	if !errors.As(err, &ae) || ae.Code != api.CodeTryAgainLater || ae.Msg != "no address available for veth mode" || !strings.Contains(ae.Details, CodeIPNotEnough) {
+		t.Fatalf("alloc with both vSwitches short: %#v", err)
 	}
 	if st := p.Status(api.ModeVeth); st.Ready || !strings.Contains(st.Reason, "vsw-1") || !strings.Contains(st.Reason, "vsw-2") {
 		t.Fatalf("status: %+v", st)

@@ -305,7 +305,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return types.NewError(api.CodeUnavailable, "eni-agent not available at "+conf.AgentSocket, err.Error())
 	}
 	if !st.Ready {
-		return types.NewError(api.CodeUnavailable, "the ENI address pool cannot serve an ADD: "+st.Reason, "")
+		return types.NewError(api.CodeUnavailable, "the ENI address pool cannot serve an ADD", st.Reason)
 	}
 	return nil
 }

@@ -1,8 +1,13 @@
 package plugin
 
 import (
+	"errors"
+	"net"
+	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/dnsaccel/dnsaccel/cni/api"
 )
@@ -41,8 +46,26 @@ func TestParseConf(t *testing.T) {
 }
 
 func TestAgentErrCodes(t *testing.T) {
-	err := agentErr("op", "/s", &api.Error{Code: api.CodeTryAgainLater, Msg: "no address"})
-	if !strings.Contains(err.Error(), "no address") {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name         string
+		in           error
+		code         uint
+		msg, details string
+	}{
+		{"agent error keeps code, msg and details", &api.Error{Code: api.CodeTryAgainLater, Msg: "no address", Details: "vSwitch vsw-1: InvalidVSwitchId.IpNotEnough"},
+			types.ErrTryAgainLater, "op: no address", "vSwitch vsw-1: InvalidVSwitchId.IpNotEnough"},
+		{"agent down: try again later", &url.Error{Op: "Post", URL: "http://eni-agent/v1/alloc", Err: &net.OpError{Op: "dial", Net: "unix", Err: errors.New("connection refused")}},
+			types.ErrTryAgainLater, "op: eni-agent unreachable at /s", "Post \"http://eni-agent/v1/alloc\": dial unix: connection refused"},
+		{"anything else: internal", errors.New("boom"), types.ErrInternal, "op", "boom"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *types.Error
+			if !errors.As(agentErr("op", "/s", tc.in), &e) {
+				t.Fatalf("not a CNI error: %v", e)
+			}
+			if e.Code != tc.code || e.Msg != tc.msg || e.Details != tc.details {
+				t.Fatalf("got code %d msg %q details %q; want %d %q %q", e.Code, e.Msg, e.Details, tc.code, tc.msg, tc.details)
+			}
+		})
 	}
 }
