@@ -520,18 +520,25 @@ func (p *Pool) Release(k api.Key, why string) (*api.Allocation, error) {
 	return a, nil
 }
 
-// GC frees every allocation not in valid (CNI GC).
-func (p *Pool) GC(valid []api.Key) []api.Key {
+// GC frees every allocation not in valid (CNI GC). It frees as many as it
+// can and reports the ones it could not (the spec: continue, then report).
+func (p *Pool) GC(valid []api.Key) ([]api.Key, error) {
 	keep := map[api.Key]bool{}
 	for _, k := range valid {
 		keep[k] = true
 	}
 	var out []api.Key
+	var errs []error
 	for _, a := range p.Allocations() {
 		if keep[a.Key] {
 			continue
 		}
-		if r, err := p.Release(a.Key, "gc"); err == nil && r != nil {
+		r, err := p.Release(a.Key, "gc")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s (%s): %w", a.Key, a.IP, err))
+			continue
+		}
+		if r != nil {
 			out = append(out, a.Key)
 			if p.HostCleanup != nil {
 				p.HostCleanup(*r)
@@ -541,7 +548,10 @@ func (p *Pool) GC(valid []api.Key) []api.Key {
 	if len(out) > 0 {
 		p.log.Info("CNI GC released stale allocations", "count", len(out))
 	}
-	return out
+	if len(errs) > 0 {
+		return out, &api.Error{Code: api.CodeInternal, Msg: fmt.Sprintf("GC could not release %d allocations", len(errs)), Details: errors.Join(errs...).Error()}
+	}
+	return out, nil
 }
 
 // Status says whether an ADD of mode can be served now.

@@ -202,8 +202,8 @@ func (f *fakeCloud) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitc
 	defer f.mu.Unlock()
 	_ = f.hit("DescribeVSwitches", "")
 	var out []VSwitch
-	for i, id := range ids {
-		out = append(out, VSwitch{ID: id, Free: 100 - i})
+	for _, id := range ids {
+		out = append(out, VSwitch{ID: id, Free: map[string]int{"vsw-1": 50, "vsw-2": 80}[id]})
 	}
 	return out, nil
 }
@@ -452,9 +452,63 @@ func TestGC(t *testing.T) {
 	}
 	var cleaned []string
 	p.HostCleanup = func(a api.Allocation) { cleaned = append(cleaned, a.ContainerID) }
-	rel := p.GC([]api.Key{key(1), key(3)})
-	if len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
-		t.Fatalf("GC released %v, cleaned %v, left %d", rel, cleaned, len(p.Allocations()))
+	rel, err := p.GC([]api.Key{key(1), key(3)})
+	if err != nil || len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
+		t.Fatalf("GC released %v (%v), cleaned %v, left %d", rel, err, cleaned, len(p.Allocations()))
+	}
+	// A release that fails (the state file is gone): GC goes on, and says
+	// what it could not free.
+	p.store.Close()
+	rel, err = p.GC(nil)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeInternal || !strings.Contains(ae.Details, "c1/eth0") || !strings.Contains(ae.Details, "c3/eth0") || len(rel) != 0 {
+		t.Fatalf("GC with a closed state file: released %v, error %#v", rel, err)
+	}
+	if len(p.Allocations()) != 2 {
+		t.Fatalf("GC freed addresses it could not forget: %d left", len(p.Allocations()))
+	}
+}
+
+// New ENIs go to the configured vSwitch with the most free addresses,
+// skipping one that is blocked after an address shortage.
+func TestVSwitchByFreeAddresses(t *testing.T) {
+	f := newFake(10) // DescribeVSwitches: vsw-1 50 free, vsw-2 80
+	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10}) // vsw-1 listed first
+	ctx := context.Background()
+	if v, err := p.pickVSwitch(ctx); err != nil || v != "vsw-2" {
+		t.Fatalf("picked %q (%v), want vsw-2 (most free)", v, err)
+	}
+	p.noteFailure("vsw-2", &CloudError{Code: CodeIPNotEnough})
+	if v, err := p.pickVSwitch(ctx); err != nil || v != "vsw-1" {
+		t.Fatalf("picked %q (%v) with vsw-2 blocked, want vsw-1", v, err)
+	}
+	p.noteFailure("vsw-1", &CloudError{Code: CodeIPQuota})
+	if v, err := p.pickVSwitch(ctx); err == nil {
+		t.Fatalf("picked %q with both blocked", v)
+	}
+}
+
+// Client-side limits are per action: a burst of one action waits for its
+// bucket, another action is not held up by it.
+func TestRateLimitPerAction(t *testing.T) {
+	f := newFake(10)
+	l := NewLimited(f, 2, nil) // 2 per second, burst 2
+	ctx := context.Background()
+	t0 := time.Now()
+	for range 4 {
+		if _, err := l.DescribeVSwitches(ctx, []string{"v"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(t0); d < 900*time.Millisecond {
+		t.Fatalf("4 calls at 2/s (burst 2) took %s, want about 1 s", d)
+	}
+	t1 := time.Now()
+	if _, err := l.DescribeENIs(ctx, "i-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t1); d > 200*time.Millisecond {
+		t.Fatalf("another action waited %s behind DescribeVSwitches' bucket", d)
 	}
 }
 
