@@ -472,7 +472,7 @@ func TestGC(t *testing.T) {
 // New ENIs go to the configured vSwitch with the most free addresses,
 // skipping one that is blocked after an address shortage.
 func TestVSwitchByFreeAddresses(t *testing.T) {
-	f := newFake(10) // DescribeVSwitches: vsw-1 50 free, vsw-2 80
+	f := newFake(10)                                                   // DescribeVSwitches: vsw-1 50 free, vsw-2 80
 	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10}) // vsw-1 listed first
 	ctx := context.Background()
 	if v, err := p.pickVSwitch(ctx); err != nil || v != "vsw-2" {
