@@ -64,6 +64,9 @@ type PoolConfig struct {
 	// MaxRefills caps the creates/assigns/unassigns running at once
 	// (default 3; assigns always on distinct ENIs).
 	MaxRefills int
+	// UnclaimedENITTL: how long an exclusive ENI made for an ADD that gave
+	// up waiting is kept for a retry before it is deleted (default 1 min).
+	UnclaimedENITTL time.Duration
 }
 
 func (c *PoolConfig) defaults() {
@@ -87,6 +90,9 @@ func (c *PoolConfig) defaults() {
 	}
 	if c.MaxRefills <= 0 {
 		c.MaxRefills = 3
+	}
+	if c.UnclaimedENITTL <= 0 {
+		c.UnclaimedENITTL = time.Minute
 	}
 	if c.MaxIdle < c.MinIdle {
 		c.MaxIdle = c.MinIdle
@@ -143,6 +149,7 @@ type Pool struct {
 	enis          map[string]*poolENI
 	allocs        map[api.Key]*api.Allocation
 	exclReady     []string // exclusive ENIs created for waiters, not handed out yet
+	exclReadyAt   map[string]time.Time
 	sharedWaiting int
 	exclWaiting   int
 	creating      int             // creates running (shared and exclusive)
@@ -180,7 +187,7 @@ func NewPool(cfg PoolConfig, cloud Cloud, meta MetaSource, store *Store, rep Rep
 	}
 	return &Pool{cfg: cfg, cloud: cloud, meta: meta, store: store, rep: rep, log: log, m: m,
 		enis: map[string]*poolENI{}, allocs: map[api.Key]*api.Allocation{}, changed: make(chan struct{}),
-		kick: make(chan struct{}, 1), blocked: map[string]block{}, assigning: map[string]bool{}, assigningN: map[string]int{}}
+		kick: make(chan struct{}, 1), blocked: map[string]block{}, assigning: map[string]bool{}, assigningN: map[string]int{}, exclReadyAt: map[string]time.Time{}}
 }
 
 func (p *Pool) report(warning bool, reason, msg string) {
@@ -412,6 +419,7 @@ func (p *Pool) takeLocked(req api.AllocRequest) *api.Allocation {
 			return nil
 		}
 		eni = p.enis[p.exclReady[0]]
+		delete(p.exclReadyAt, p.exclReady[0])
 		p.exclReady = p.exclReady[1:]
 		if eni == nil {
 			return nil
@@ -699,6 +707,19 @@ func (p *Pool) step(ctx context.Context) bool {
 	// tokens: they may have taken effect.
 	if op := p.takeRetryLocked(now); op != nil {
 		p.launchLocked(ctx, op)
+		p.mu.Unlock()
+		return true
+	}
+	// An exclusive ENI whose ADD gave up waiting is kept a while for the
+	// runtime's retry, then deleted (it counts against the ENI limit).
+	if p.exclWaiting == 0 && len(p.exclReady) > 0 && now.Sub(p.exclReadyAt[p.exclReady[0]]) > p.cfg.UnclaimedENITTL {
+		id := p.exclReady[0]
+		p.exclReady = p.exclReady[1:]
+		delete(p.exclReadyAt, id)
+		delete(p.enis, id)
+		p.toDelete = append(p.toDelete, id)
+		p.log.Info("deleting an exclusive ENI no ADD claimed", "eni", id)
+		p.notifyLocked()
 		p.mu.Unlock()
 		return true
 	}
@@ -1029,6 +1050,7 @@ func (p *Pool) finishCreate(ctx context.Context, op pendingOp) (retry bool, err 
 		p.enis[pe.ID] = pe
 		if op.Exclusive {
 			p.exclReady = append(p.exclReady, pe.ID)
+			p.exclReadyAt[pe.ID] = time.Now()
 		}
 	}
 	p.notifyLocked()

@@ -669,3 +669,28 @@ func TestLostUnassignAnswer(t *testing.T) {
 		t.Fatalf("pool has %d idle addresses, the cloud %d on the ENI; want 6 and 6", idle, cloud)
 	}
 }
+
+// An exclusive ENI made for an ADD that gave up waiting is kept for the
+// runtime's retry, then deleted rather than held until the next restart.
+func TestUnclaimedExclusiveENIDeleted(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10})
+	p.cfg.UnclaimedENITTL = 300 * time.Millisecond
+	f.gate = make(chan struct{})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeExclusive}); err == nil {
+		t.Fatal("exclusive alloc served while the create is held")
+	}
+	close(f.gate) // the create goes through after the ADD gave up
+	waitFor(t, "the ENI to be made", func() bool { return f.count("Attach") == 1 })
+	waitFor(t, "the unclaimed ENI to be deleted", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.enis) == 0
+	})
+	if s := p.Status(api.ModeExclusive); s.ENIs != 0 {
+		t.Fatalf("pool still holds %d ENIs", s.ENIs)
+	}
+}
