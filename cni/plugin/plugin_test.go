@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/dnsaccel/dnsaccel/cni/api"
+	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 )
 
 func TestParseConf(t *testing.T) {
@@ -65,6 +67,48 @@ func TestAgentErrCodes(t *testing.T) {
 			}
 			if e.Code != tc.code || e.Msg != tc.msg || e.Details != tc.details {
 				t.Fatalf("got code %d msg %q details %q; want %d %q %q", e.Code, e.Msg, e.Details, tc.code, tc.msg, tc.details)
+			}
+		})
+	}
+}
+
+// ADD's result: this plugin's interfaces and address, added to a
+// prevResult when eni-cni is chained after another plugin (the spec:
+// a plugin must pass prevResult through or modify it).
+func TestResultKeepsPrevResult(t *testing.T) {
+	r := &netsetup.Result{Host: &netsetup.Iface{Name: "enip0123456789a", MAC: "02:00:00:00:00:01"},
+		Pod:  netsetup.Iface{Name: "eth0", MAC: "02:00:00:00:00:02", Sandbox: "/run/netns/p"},
+		Addr: netip.MustParsePrefix("10.0.1.7/32"), Gateway: netip.MustParseAddr("169.254.1.1"),
+		Routes: []netsetup.Route{{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("169.254.1.1")}}}
+	for _, tc := range []struct {
+		name, conf   string
+		ifaces, ips  int
+		ourIdx       int
+		keepsPrevDNS bool
+	}{
+		{"first plugin", `{"cniVersion":"1.1.0","name":"n","type":"eni-cni"}`, 2, 1, 1, false},
+		{"chained", `{"cniVersion":"1.1.0","name":"n","type":"eni-cni","prevResult":{"cniVersion":"1.1.0",
+			"interfaces":[{"name":"lo","sandbox":"/run/netns/p"}],"ips":[{"interface":0,"address":"127.0.0.1/8"}],
+			"dns":{"nameservers":["10.96.0.10"]}}}`, 3, 2, 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf, err := ParseConf([]byte(tc.conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := toResult(conf, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Interfaces) != tc.ifaces || len(res.IPs) != tc.ips {
+				t.Fatalf("%d interfaces, %d IPs; want %d, %d: %+v", len(res.Interfaces), len(res.IPs), tc.ifaces, tc.ips, res)
+			}
+			ours := res.IPs[len(res.IPs)-1]
+			if ours.Address.String() != "10.0.1.7/32" || *ours.Interface != tc.ourIdx || res.Interfaces[tc.ourIdx].Name != "eth0" {
+				t.Fatalf("our address %s on interface %d (%s), want 10.0.1.7/32 on %d (eth0)", ours.Address.String(), *ours.Interface, res.Interfaces[*ours.Interface].Name, tc.ourIdx)
+			}
+			if tc.keepsPrevDNS != (len(res.DNS.Nameservers) == 1) {
+				t.Fatalf("DNS %+v", res.DNS)
 			}
 		})
 	}
