@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/dnsaccel/dnsaccel/cloud/ecs"
+	"github.com/dnsaccel/dnsaccel/cloud/ecs/ecstest"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cloud/pvtz/pvtztest"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
@@ -75,14 +77,18 @@ func readAudit(t *testing.T, path string) []request {
 			User      struct{ Username string }
 			Verb      string
 			ObjectRef *struct {
-				Resource, APIGroup, Name string
+				Resource, Subresource, APIGroup, Name string
 			}
 			ResponseStatus *struct{ Code int }
 		}
 		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.ResponseStatus == nil {
 			continue
 		}
-		out = append(out, request{ev.User.Username, ev.Verb, ev.ObjectRef.APIGroup, ev.ObjectRef.Resource, ev.ObjectRef.Name, ev.ResponseStatus.Code})
+		res := ev.ObjectRef.Resource
+		if ev.ObjectRef.Subresource != "" { // as RBAC names it: nodes/status
+			res += "/" + ev.ObjectRef.Subresource
+		}
+		out = append(out, request{ev.User.Username, ev.Verb, ev.ObjectRef.APIGroup, res, ev.ObjectRef.Name, ev.ResponseStatus.Code})
 	}
 	return out
 }
@@ -236,8 +242,9 @@ func httpOK(addr, path string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// TestRBACLeastPrivilege runs node-cache and central CoreDNS as their
-// ServiceAccounts against the base's RBAC and checks the audit log.
+// TestRBACLeastPrivilege runs node-cache, central CoreDNS, pvtz-sync and
+// eni-agent as their ServiceAccounts against the base's RBAC and checks the
+// audit log.
 func TestRBACLeastPrivilege(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an API server and builds the binaries")
@@ -320,6 +327,39 @@ func TestRBACLeastPrivilege(t *testing.T) {
 				"ALIBABA_CLOUD_ACCESS_KEY_SECRET="+pvtztest.AccessKeySecret, "ALIBABA_CLOUD_ECS_METADATA_DISABLED=true")
 			runUntil(t, "pvtz-sync", cmd, func() bool { return httpOK(health, "/readyz") && emu.Writes() > 1 })
 		}, []string{"create /events", "patch /events", "create events.k8s.io/events", "patch events.k8s.io/events"}},
+		{"eni-agent", func(t *testing.T, kubeconfig string) {
+			bin := steertest.Binary(t, "eni-agent")
+			const node = "node-eni"
+			if _, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			// A vSwitch with 3 free addresses and --min-idle 5: the create
+			// fails with InvalidVSwitchId.IpNotEnough, so the agent also
+			// writes its Event and turns its node condition False.
+			ecfg := ecs.DefaultConfig()
+			ecfg.VSwitches = []ecs.VSwitchConfig{{ID: "vsw-rbac", CIDR: "10.219.0.0/29"}}
+			ecfg.AttachDelay, ecfg.DetachDelay = 10*time.Millisecond, 10*time.Millisecond
+			emu := ecstest.Start(t, openapi.Config{}, ecfg)
+			dir, health := t.TempDir(), freePort(t)
+			cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "--node-name", node,
+				"--endpoint", emu.URL, "--metadata-endpoint", emu.URL, "--socket", filepath.Join(dir, "eni-agent.sock"),
+				"--state", filepath.Join(dir, "eni.db"), "--min-idle", "5", "--max-idle", "5", "--health", health)
+			cmd.Env = append(os.Environ(), "ALIBABA_CLOUD_ACCESS_KEY_ID="+ecstest.AccessKeyID,
+				"ALIBABA_CLOUD_ACCESS_KEY_SECRET="+ecstest.AccessKeySecret, "ALIBABA_CLOUD_ECS_METADATA_DISABLED=true")
+			runUntil(t, "eni-agent", cmd, func() bool {
+				if !httpOK(health, "/readyz") {
+					return false
+				}
+				n, err := c.Client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+				if err != nil || !slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+					return c.Type == "DNSAccelENIPool" && c.Status == corev1.ConditionFalse && c.Reason == "VSwitchIPNotEnough"
+				}) {
+					return false
+				}
+				evs, err := c.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + node})
+				return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool { return e.Reason == "ENIAddressShortage" })
+			})
+		}, nil},
 	}
 	for _, comp := range components {
 		t.Run(comp.sa, func(t *testing.T) {

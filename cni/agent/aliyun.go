@@ -19,36 +19,58 @@ import (
 )
 
 // ECS is Cloud through the Alibaba Cloud SDK (services/ecs, 2014-05-26).
+// An SDK client is not safe for concurrent calls (it sets its HTTP
+// client's timeout on every request), so ECS keeps a few and gives each
+// call its own.
 type ECS struct {
-	c      *ecs.Client
-	scheme string
+	clients chan *ecs.Client
+	scheme  string
 }
+
+// sdkClients is how many calls ECS runs at once: the pool's refills
+// (PoolConfig.MaxRefills) plus a delete.
+const sdkClients = 4
 
 // NewECS returns an ECS client for region. endpoint ("" = the SDK's
 // regional endpoint) overrides the API host, e.g. http://127.0.0.1:8380
 // for the emulator.
 func NewECS(region, endpoint string, cred auth.Credential) (*ECS, error) {
-	c, err := ecs.NewClientWithOptions(region, sdk.NewConfig(), cred)
-	if err != nil {
-		return nil, fmt.Errorf("ecs client: %w", err)
-	}
-	e := &ECS{c: c, scheme: "HTTPS"}
+	e := &ECS{clients: make(chan *ecs.Client, sdkClients), scheme: "HTTPS"}
+	host := ""
 	if endpoint != "" {
 		u, err := url.Parse(endpoint)
 		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			return nil, fmt.Errorf("--endpoint %q: want http(s)://HOST[:PORT]", endpoint)
 		}
-		c.Domain = u.Host
-		e.scheme = strings.ToUpper(u.Scheme)
+		host, e.scheme = u.Host, strings.ToUpper(u.Scheme)
 	}
-	c.SetReadTimeout(30 * time.Second)
-	c.SetConnectTimeout(5 * time.Second)
+	for range sdkClients {
+		c, err := ecs.NewClientWithOptions(region, sdk.NewConfig(), cred)
+		if err != nil {
+			return nil, fmt.Errorf("ecs client: %w", err)
+		}
+		if host != "" {
+			c.Domain = host
+		}
+		c.SetReadTimeout(30 * time.Second)
+		c.SetConnectTimeout(5 * time.Second)
+		e.clients <- c
+	}
 	return e, nil
+}
+
+// client takes an SDK client for one call; put it back with the func.
+func (e *ECS) client() (*ecs.Client, func()) {
+	c := <-e.clients
+	return c, func() { e.clients <- c }
 }
 
 func (e *ECS) prep(r *requests.RpcRequest) { r.Scheme = e.scheme }
 
-// wrap turns SDK errors into *CloudError.
+// wrap turns SDK errors into *CloudError. A transport error keeps its
+// cause but loses the request URL: the SDK signs in the query string, so
+// the URL holds the AccessKeyId, the Signature and any STS SecurityToken,
+// and these errors are logged and shown in Events and CNI errors.
 func wrap(action string, err error) error {
 	if err == nil {
 		return nil
@@ -57,8 +79,26 @@ func wrap(action string, err error) error {
 	if errors.As(err, &se) {
 		return &CloudError{Action: action, Code: se.ErrorCode(), Message: se.Message(), HTTP: se.HttpStatus()}
 	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		host := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			host = u.Host
+		}
+		return &transportError{action: action, host: host, err: ue.Err}
+	}
 	return fmt.Errorf("%s: %w", action, err)
 }
+
+// transportError is a request that got no answer (connection refused,
+// reset, timeout); Unwrap gives the cause (net.Error, io.EOF, ...).
+type transportError struct {
+	action, host string
+	err          error
+}
+
+func (e *transportError) Error() string { return fmt.Sprintf("%s to %s: %v", e.action, e.host, e.err) }
+func (e *transportError) Unwrap() error { return e.err }
 
 func parseAddrs(ss []string) []netip.Addr {
 	out := make([]netip.Addr, 0, len(ss))
@@ -84,7 +124,9 @@ func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 	req.Description = "dnsaccel eni-agent"
 	req.ClientToken = r.Token
 	req.SourceDestCheck = requests.NewBoolean(false)
-	resp, err := e.c.CreateNetworkInterface(req)
+	c, put := e.client()
+	resp, err := c.CreateNetworkInterface(req)
+	put()
 	if err != nil {
 		return nil, wrap("CreateNetworkInterface", err)
 	}
@@ -103,7 +145,9 @@ func (e *ECS) AttachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateAttachNetworkInterfaceRequest()
 	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	_, err := e.c.AttachNetworkInterface(req)
+	c, put := e.client()
+	_, err := c.AttachNetworkInterface(req)
+	put()
 	return wrap("AttachNetworkInterface", err)
 }
 
@@ -112,7 +156,9 @@ func (e *ECS) DetachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateDetachNetworkInterfaceRequest()
 	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	_, err := e.c.DetachNetworkInterface(req)
+	c, put := e.client()
+	_, err := c.DetachNetworkInterface(req)
+	put()
 	return wrap("DetachNetworkInterface", err)
 }
 
@@ -121,7 +167,9 @@ func (e *ECS) DeleteENI(_ context.Context, eniID string) error {
 	req := ecs.CreateDeleteNetworkInterfaceRequest()
 	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId = eniID
-	_, err := e.c.DeleteNetworkInterface(req)
+	c, put := e.client()
+	_, err := c.DeleteNetworkInterface(req)
+	put()
 	return wrap("DeleteNetworkInterface", err)
 }
 
@@ -132,7 +180,9 @@ func (e *ECS) AssignIPs(_ context.Context, eniID string, n int, token string) ([
 	req.NetworkInterfaceId = eniID
 	req.SecondaryPrivateIpAddressCount = requests.NewInteger(n)
 	req.ClientToken = token
-	resp, err := e.c.AssignPrivateIpAddresses(req)
+	c, put := e.client()
+	resp, err := c.AssignPrivateIpAddresses(req)
+	put()
 	if err != nil {
 		return nil, wrap("AssignPrivateIpAddresses", err)
 	}
@@ -149,7 +199,9 @@ func (e *ECS) UnassignIPs(_ context.Context, eniID string, ips []netip.Addr) err
 		ss[i] = a.String()
 	}
 	req.PrivateIpAddress = &ss
-	_, err := e.c.UnassignPrivateIpAddresses(req)
+	c, put := e.client()
+	_, err := c.UnassignPrivateIpAddresses(req)
+	put()
 	return wrap("UnassignPrivateIpAddresses", err)
 }
 
@@ -163,7 +215,9 @@ func (e *ECS) DescribeENIs(_ context.Context, instanceID, name string) ([]ENI, e
 		req.NetworkInterfaceName = name
 		req.PageSize = requests.NewInteger(100)
 		req.PageNumber = requests.NewInteger(page)
-		resp, err := e.c.DescribeNetworkInterfaces(req)
+		c, put := e.client()
+		resp, err := c.DescribeNetworkInterfaces(req)
+		put()
 		if err != nil {
 			return nil, wrap("DescribeNetworkInterfaces", err)
 		}
@@ -188,7 +242,9 @@ func (e *ECS) InstanceLimits(_ context.Context, instanceType string) (Limits, er
 	req := ecs.CreateDescribeInstanceTypesRequest()
 	e.prep(req.RpcRequest)
 	req.InstanceTypes = &[]string{instanceType}
-	resp, err := e.c.DescribeInstanceTypes(req)
+	c, put := e.client()
+	resp, err := c.DescribeInstanceTypes(req)
+	put()
 	if err != nil {
 		return Limits{}, wrap("DescribeInstanceTypes", err)
 	}
@@ -207,7 +263,9 @@ func (e *ECS) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitch, err
 		req := ecs.CreateDescribeVSwitchesRequest()
 		e.prep(req.RpcRequest)
 		req.VSwitchId = id
-		resp, err := e.c.DescribeVSwitches(req)
+		c, put := e.client()
+		resp, err := c.DescribeVSwitches(req)
+		put()
 		if err != nil {
 			return nil, wrap("DescribeVSwitches", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -60,6 +61,12 @@ type PoolConfig struct {
 	VSwitchTTL time.Duration
 	// MaxAssignBatch caps addresses per AssignPrivateIpAddresses (ECS: 10).
 	MaxAssignBatch int
+	// MaxRefills caps the creates/assigns/unassigns running at once
+	// (default 3; assigns always on distinct ENIs).
+	MaxRefills int
+	// UnclaimedENITTL: how long an exclusive ENI made for an ADD that gave
+	// up waiting is kept for a retry before it is deleted (default 1 min).
+	UnclaimedENITTL time.Duration
 }
 
 func (c *PoolConfig) defaults() {
@@ -80,6 +87,12 @@ func (c *PoolConfig) defaults() {
 	}
 	if c.MaxAssignBatch <= 0 {
 		c.MaxAssignBatch = 10
+	}
+	if c.MaxRefills <= 0 {
+		c.MaxRefills = 3
+	}
+	if c.UnclaimedENITTL <= 0 {
+		c.UnclaimedENITTL = time.Minute
 	}
 	if c.MaxIdle < c.MinIdle {
 		c.MaxIdle = c.MinIdle
@@ -136,10 +149,22 @@ type Pool struct {
 	enis          map[string]*poolENI
 	allocs        map[api.Key]*api.Allocation
 	exclReady     []string // exclusive ENIs created for waiters, not handed out yet
+	exclReadyAt   map[string]time.Time
 	sharedWaiting int
 	exclWaiting   int
-	creating      int
+	creating      int             // creates running (shared and exclusive)
+	exclCreating  int             // of which exclusive
+	inflight      int             // shared addresses the running creates/assigns bring
+	refills       int             // creates/assigns/unassigns running
+	assigning     map[string]bool // ENIs with an assign (or unassign) running
+	assigningN    map[string]int  // addresses those assigns bring
+	retryOps      []*pendingOp    // failed without a definite answer: repeated with their tokens
+	allocTimes    []time.Time     // shared allocations of the last demandWindow
+	createDur     time.Duration
+	assignDur     time.Duration
+	work          sync.WaitGroup
 	toDelete      []string
+	deleting      bool
 	changed       chan struct{}
 	kick          chan struct{}
 	vsw           map[string]VSwitch
@@ -148,7 +173,6 @@ type Pool struct {
 	eniLimitUntil time.Time
 	retryAfter    time.Time
 	lastErr       string
-	failSeq       uint64
 	condOK        *bool
 }
 
@@ -163,7 +187,7 @@ func NewPool(cfg PoolConfig, cloud Cloud, meta MetaSource, store *Store, rep Rep
 	}
 	return &Pool{cfg: cfg, cloud: cloud, meta: meta, store: store, rep: rep, log: log, m: m,
 		enis: map[string]*poolENI{}, allocs: map[api.Key]*api.Allocation{}, changed: make(chan struct{}),
-		kick: make(chan struct{}, 1), blocked: map[string]block{}}
+		kick: make(chan struct{}, 1), blocked: map[string]block{}, assigning: map[string]bool{}, assigningN: map[string]int{}, exclReadyAt: map[string]time.Time{}}
 }
 
 func (p *Pool) report(warning bool, reason, msg string) {
@@ -230,9 +254,10 @@ func (p *Pool) blockedLocked(vsw string, now time.Time) (block, bool) {
 
 // canCreateLocked reports whether a new ENI may be created now, or why not.
 func (p *Pool) canCreateLocked(now time.Time) string {
-	if len(p.enis)+p.creating >= p.maxSecondary() {
+	// Creates waiting to be repeated may each have made an ENI already.
+	if n := len(p.enis) + p.creating + p.retryCreatesLocked(); n >= p.maxSecondary() {
 		return fmt.Sprintf("ENI limit reached: %d secondary ENIs of %d addresses each (instance type allows %d ENIs including the primary)",
-			len(p.enis)+p.creating, p.cfg.Limits.IPsPerENI, p.cfg.Limits.ENIs)
+			n, p.cfg.Limits.IPsPerENI, p.cfg.Limits.ENIs)
 	}
 	if now.Before(p.eniLimitUntil) {
 		return fmt.Sprintf("ECS refused another ENI (%s) until %s", CodeENILimit, p.eniLimitUntil.Format(time.TimeOnly))
@@ -248,12 +273,34 @@ func (p *Pool) canCreateLocked(now time.Time) string {
 	return strings.Join(why, "; ")
 }
 
+// retryAddrsLocked counts the shared addresses of calls waiting to be
+// repeated: they may have been made already, so they count as on their way.
+func (p *Pool) retryAddrsLocked() int {
+	n := 0
+	for _, op := range p.retryOps {
+		if !op.Exclusive {
+			n += op.Count
+		}
+	}
+	return n
+}
+
+func (p *Pool) retryCreatesLocked() int {
+	n := 0
+	for _, op := range p.retryOps {
+		if op.Kind == opCreate {
+			n++
+		}
+	}
+	return n
+}
+
 // cannotServeLocked returns why an ADD of mode cannot be served now ("" if
 // it can).
 func (p *Pool) cannotServeLocked(mode api.Mode) string {
 	now := time.Now()
-	if p.creating > 0 {
-		return "" // an ENI is on its way
+	if p.creating > 0 || len(p.retryOps) > 0 || (mode.Shared() && p.inflight > 0) {
+		return "" // an ENI or addresses are on their way
 	}
 	if mode == api.ModeExclusive {
 		if len(p.exclReady) > 0 {
@@ -301,7 +348,6 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 		p.mu.Unlock()
 		return a, nil
 	}
-	seq := p.failSeq
 	registered := false
 	unregister := func() {
 		if registered {
@@ -326,11 +372,13 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			p.log.Debug("allocated", "key", req.Key.String(), "ip", a.IP, "eni", a.ENIID, "took", time.Since(t0))
 			return a, nil
 		}
-		if why := p.cannotServeLocked(req.Mode); why != "" && (!registered || p.failSeq != seq) {
+		// Nothing on its way and no way to get more: fail now (code 11)
+		// rather than wait for the timeout.
+		if why := p.cannotServeLocked(req.Mode); why != "" {
 			unregister()
 			p.mu.Unlock()
 			p.m.AllocErrors.Inc()
-			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("%v for %s mode: %s", ErrNoAddress, req.Mode, why)}
+			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("%v for %s mode", ErrNoAddress, req.Mode), Details: why}
 		}
 		if !registered {
 			registered = true
@@ -341,7 +389,6 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			}
 			p.poke()
 		}
-		seq = p.failSeq
 		ch := p.changed
 		p.mu.Unlock()
 		select {
@@ -352,11 +399,11 @@ func (p *Pool) Alloc(ctx context.Context, req api.AllocRequest) (*api.Allocation
 			last := p.lastErr
 			p.mu.Unlock()
 			p.m.AllocErrors.Inc()
-			msg := fmt.Sprintf("timed out after %s waiting for the pool to refill", time.Since(t0).Round(time.Millisecond))
+			details := ""
 			if last != "" {
-				msg += "; last cloud error: " + last
+				details = "last cloud error: " + last
 			}
-			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: msg}
+			return nil, &api.Error{Code: api.CodeTryAgainLater, Msg: fmt.Sprintf("timed out after %s waiting for the pool to refill", time.Since(t0).Round(time.Millisecond)), Details: details}
 		}
 		p.mu.Lock()
 	}
@@ -372,6 +419,7 @@ func (p *Pool) takeLocked(req api.AllocRequest) *api.Allocation {
 			return nil
 		}
 		eni = p.enis[p.exclReady[0]]
+		delete(p.exclReadyAt, p.exclReady[0])
 		p.exclReady = p.exclReady[1:]
 		if eni == nil {
 			return nil
@@ -398,6 +446,9 @@ func (p *Pool) takeLocked(req api.AllocRequest) *api.Allocation {
 		}
 	}
 	eni.ips[ip] = req.Key
+	if req.Mode.Shared() {
+		p.noteAllocLocked(time.Now())
+	}
 	a := &api.Allocation{Key: req.Key, PodNamespace: req.PodNamespace, PodName: req.PodName, Mode: req.Mode, IP: ip.String(),
 		VSwitchCIDR: eni.CIDR.String(), Gateway: eni.Gateway.String(), ENIID: eni.ID, MAC: eni.MAC, NodeIP: p.cfg.NodeIP, Created: time.Now().UTC()}
 	p.allocs[req.Key] = a
@@ -477,18 +528,25 @@ func (p *Pool) Release(k api.Key, why string) (*api.Allocation, error) {
 	return a, nil
 }
 
-// GC frees every allocation not in valid (CNI GC).
-func (p *Pool) GC(valid []api.Key) []api.Key {
+// GC frees every allocation not in valid (CNI GC). It frees as many as it
+// can and reports the ones it could not (the spec: continue, then report).
+func (p *Pool) GC(valid []api.Key) ([]api.Key, error) {
 	keep := map[api.Key]bool{}
 	for _, k := range valid {
 		keep[k] = true
 	}
 	var out []api.Key
+	var errs []error
 	for _, a := range p.Allocations() {
 		if keep[a.Key] {
 			continue
 		}
-		if r, err := p.Release(a.Key, "gc"); err == nil && r != nil {
+		r, err := p.Release(a.Key, "gc")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s (%s): %w", a.Key, a.IP, err))
+			continue
+		}
+		if r != nil {
 			out = append(out, a.Key)
 			if p.HostCleanup != nil {
 				p.HostCleanup(*r)
@@ -498,7 +556,10 @@ func (p *Pool) GC(valid []api.Key) []api.Key {
 	if len(out) > 0 {
 		p.log.Info("CNI GC released stale allocations", "count", len(out))
 	}
-	return out
+	if len(errs) > 0 {
+		return out, &api.Error{Code: api.CodeInternal, Msg: fmt.Sprintf("GC could not release %d allocations", len(errs)), Details: errors.Join(errs...).Error()}
+	}
+	return out, nil
 }
 
 // Status says whether an ADD of mode can be served now.
@@ -516,20 +577,31 @@ func (p *Pool) Status(mode api.Mode) api.Status {
 	return api.Status{Ready: why == "", Reason: why, Idle: p.idleSharedLocked(), InUse: used, ENIs: len(p.enis)}
 }
 
-// Run refills and trims the pool until ctx ends.
+// Run refills and trims the pool until ctx ends; it returns once the
+// cloud calls it started have returned.
 func (p *Pool) Run(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	defer p.work.Wait()
 	for {
 		for ctx.Err() == nil && p.step(ctx) {
 		}
 		p.updateCondition()
+		// Look again in a second at the latest (backoffs, the demand
+		// estimate), or when a backoff ends, or when poked.
+		wait := time.Second
+		p.mu.Lock()
+		if d := time.Until(p.retryAfter); d > 0 && d < wait {
+			wait = d
+		}
+		p.mu.Unlock()
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-p.kick:
-		case <-tick.C:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
@@ -564,81 +636,296 @@ func (p *Pool) updateCondition() {
 	p.rep.Event(true, reason, "the ENI address pool cannot serve pods: "+why)
 }
 
-// step makes one change to the pool; false when there is nothing to do
-// (or it failed and must wait).
+// demandWindow is how far back allocations count for the demand estimate.
+const demandWindow = 5 * time.Second
+
+// noteAllocLocked records a shared-ENI allocation for the demand estimate.
+func (p *Pool) noteAllocLocked(now time.Time) {
+	p.trimAllocTimesLocked(now)
+	p.allocTimes = append(p.allocTimes, now)
+}
+
+func (p *Pool) trimAllocTimesLocked(now time.Time) {
+	i := 0
+	for i < len(p.allocTimes) && now.Sub(p.allocTimes[i]) > demandWindow {
+		i++
+	}
+	p.allocTimes = append(p.allocTimes[:0], p.allocTimes[i:]...)
+}
+
+// demandLocked is how many addresses pods will take while a refill that
+// lasts d is on its way: the allocation rate of the last few seconds times
+// d, at most max-idle − min-idle. The refill trigger and target move up by
+// it, so that the refill lands before the pool runs dry and the pool is
+// back near max-idle when it does.
+func (p *Pool) demandLocked(now time.Time, d time.Duration) int {
+	p.trimAllocTimesLocked(now)
+	n := len(p.allocTimes)
+	if n == 0 || d <= 0 {
+		return 0
+	}
+	span := max(now.Sub(p.allocTimes[0]), time.Second)
+	rate := float64(n) / span.Seconds()
+	return min(int(math.Ceil(rate*d.Seconds())), max(0, p.cfg.MaxIdle-p.cfg.MinIdle))
+}
+
+// observeLocked folds a refill's duration into the running estimate.
+func observeLocked(est *time.Duration, d time.Duration) {
+	if *est == 0 {
+		*est = d
+		return
+	}
+	*est = (*est + d) / 2
+}
+
+// step starts one change to the pool; false when there is nothing to
+// start now (nothing to do, waiting on a backoff, or every refill slot in
+// use). Refills and deletes run in their own goroutines (p.work), so a
+// slow cloud call never holds up the next decision: up to
+// PoolConfig.MaxRefills run at once, each assign on its own ENI.
 func (p *Pool) step(ctx context.Context) bool {
 	now := time.Now()
 	p.mu.Lock()
-	if len(p.toDelete) > 0 {
+	if len(p.toDelete) > 0 && !p.deleting {
 		id := p.toDelete[0]
 		p.toDelete = p.toDelete[1:]
+		p.deleting = true
 		p.mu.Unlock()
-		p.deleteENI(ctx, id)
+		p.background(func() {
+			p.deleteENI(ctx, id)
+			p.mu.Lock()
+			p.deleting = false
+			p.mu.Unlock()
+		})
 		return true
 	}
-	if now.Before(p.retryAfter) {
+	if now.Before(p.retryAfter) || p.refills >= p.cfg.MaxRefills {
 		p.mu.Unlock()
 		return false
 	}
-	if p.exclWaiting > len(p.exclReady) && p.canCreateLocked(now) == "" {
-		p.creating++
+	// Calls that failed without a definite answer first, with their
+	// tokens: they may have taken effect.
+	if op := p.takeRetryLocked(now); op != nil {
+		p.launchLocked(ctx, op)
 		p.mu.Unlock()
-		err := p.createENI(ctx, 1, true)
-		return p.done(err)
+		return true
+	}
+	// An exclusive ENI whose ADD gave up waiting is kept a while for the
+	// runtime's retry, then deleted (it counts against the ENI limit).
+	if p.exclWaiting == 0 && len(p.exclReady) > 0 && now.Sub(p.exclReadyAt[p.exclReady[0]]) > p.cfg.UnclaimedENITTL {
+		id := p.exclReady[0]
+		p.exclReady = p.exclReady[1:]
+		delete(p.exclReadyAt, id)
+		delete(p.enis, id)
+		p.toDelete = append(p.toDelete, id)
+		p.log.Info("deleting an exclusive ENI no ADD claimed", "eni", id)
+		p.notifyLocked()
+		p.mu.Unlock()
+		return true
+	}
+	if p.exclWaiting > len(p.exclReady)+p.exclCreating && p.canCreateLocked(now) == "" {
+		p.launchLocked(ctx, &pendingOp{Kind: opCreate, Count: 1, Exclusive: true})
+		p.mu.Unlock()
+		return true
 	}
 	idle := p.idleSharedLocked()
-	if idle < p.cfg.MinIdle+p.sharedWaiting {
-		want := p.cfg.MaxIdle + p.sharedWaiting - idle
-		var room *poolENI
-		for _, e := range p.enis {
-			if !e.hasRoom(p.cfg.Limits.IPsPerENI) {
-				continue
-			}
-			if _, blocked := p.blockedLocked(e.VSwitchID, now); blocked {
-				continue
-			}
-			if room == nil || len(e.ips) > len(room.ips) || (len(e.ips) == len(room.ips) && e.ID < room.ID) {
-				room = e
-			}
-		}
-		if room != nil {
+	supply := idle + p.inflight + p.retryAddrsLocked()
+	room, busyRoom := p.roomLocked(now)
+	d := p.createDur
+	if room != nil {
+		d = p.assignDur
+	}
+	if d == 0 { // not measured yet: the other kind's
+		d = max(p.createDur, p.assignDur)
+	}
+	demand := p.demandLocked(now, d)
+	if supply < p.cfg.MinIdle+p.sharedWaiting+demand {
+		want := p.cfg.MaxIdle + p.sharedWaiting + demand - supply
+		switch {
+		case room != nil:
 			n := min(want, p.cfg.Limits.IPsPerENI-len(room.ips), p.cfg.MaxAssignBatch)
-			id, vsw := room.ID, room.VSwitchID
+			p.launchLocked(ctx, &pendingOp{Kind: opAssign, ENIID: room.ID, VSwitchID: room.VSwitchID, Count: n})
 			p.mu.Unlock()
-			return p.done(p.assign(ctx, id, vsw, n))
-		}
-		if p.canCreateLocked(now) == "" {
-			p.creating++
+			return true
+		case busyRoom && p.sharedWaiting == 0:
+			// The ENIs with room are being filled; a new ENI only when
+			// pods are already waiting.
+		case p.canCreateLocked(now) == "":
+			p.launchLocked(ctx, &pendingOp{Kind: opCreate, Count: min(want, p.cfg.Limits.IPsPerENI)})
 			p.mu.Unlock()
-			return p.done(p.createENI(ctx, min(want, p.cfg.Limits.IPsPerENI), false))
+			return true
 		}
 		p.mu.Unlock()
 		return false
 	}
-	if idle > p.cfg.MaxIdle && p.sharedWaiting == 0 {
-		return p.shrinkLocked(ctx, idle-p.cfg.MaxIdle) // unlocks
+	if p.refills == 0 && p.sharedWaiting == 0 && idle > p.cfg.MaxIdle+demand {
+		return p.shrinkLocked(ctx, idle-p.cfg.MaxIdle-demand) // unlocks
 	}
 	p.mu.Unlock()
 	return false
 }
 
+// roomLocked returns the ENI to assign addresses to (the fullest with
+// room, not blocked, no assign in flight), and whether ENIs busy with an
+// assign will still have room after it.
+func (p *Pool) roomLocked(now time.Time) (*poolENI, bool) {
+	var room *poolENI
+	busy := false
+	for _, e := range p.enis {
+		if !e.hasRoom(p.cfg.Limits.IPsPerENI) {
+			continue
+		}
+		if _, blocked := p.blockedLocked(e.VSwitchID, now); blocked {
+			continue
+		}
+		if p.assigning[e.ID] {
+			busy = busy || len(e.ips)+p.assigningN[e.ID] < p.cfg.Limits.IPsPerENI
+			continue
+		}
+		if room == nil || len(e.ips) > len(room.ips) || (len(e.ips) == len(room.ips) && e.ID < room.ID) {
+			room = e
+		}
+	}
+	return room, busy
+}
+
+// takeRetryLocked returns the first failed call that can be repeated now
+// (each waits longer after every failure, up to a minute; none is given
+// up: a create may have made an ENI that only its token finds again).
+func (p *Pool) takeRetryLocked(now time.Time) *pendingOp {
+	for i, op := range p.retryOps {
+		if now.Before(op.notBefore) {
+			continue
+		}
+		switch op.Kind {
+		case opCreate:
+			if now.Before(p.eniLimitUntil) || len(p.enis)+p.creating >= p.maxSecondary() {
+				continue
+			}
+		case opAssign:
+			if p.enis[op.ENIID] == nil {
+				// The ENI is gone: so are its addresses.
+				_ = p.store.DelOp(op.ID)
+				p.retryOps = slices.Delete(p.retryOps, i, i+1)
+				return p.takeRetryLocked(now)
+			}
+			if p.assigning[op.ENIID] {
+				continue
+			}
+		}
+		p.retryOps = slices.Delete(p.retryOps, i, i+1)
+		return op
+	}
+	return nil
+}
+
+// Kinds of pendingOp.
+const (
+	opCreate = "create"
+	opAssign = "assign"
+)
+
+// launchLocked runs a create or an assign in its own goroutine, counting
+// the addresses it brings as in flight until it returns. An op without an
+// ID is new; one with an ID is repeated with its token.
+func (p *Pool) launchLocked(ctx context.Context, op *pendingOp) {
+	p.refills++
+	if !op.Exclusive {
+		p.inflight += op.Count
+	}
+	switch {
+	case op.Kind == opAssign:
+		p.assigning[op.ENIID] = true
+		p.assigningN[op.ENIID] = op.Count
+	case op.Exclusive:
+		p.creating++
+		p.exclCreating++
+	default:
+		p.creating++
+	}
+	p.background(func() {
+		t0 := time.Now()
+		retry, err := p.runOp(ctx, op)
+		took := time.Since(t0)
+		p.mu.Lock()
+		p.refills--
+		if !op.Exclusive {
+			p.inflight -= op.Count
+		}
+		switch {
+		case op.Kind == opAssign:
+			delete(p.assigning, op.ENIID)
+			delete(p.assigningN, op.ENIID)
+		case op.Exclusive:
+			p.creating--
+			p.exclCreating--
+		default:
+			p.creating--
+		}
+		if err == nil {
+			if op.Kind == opAssign {
+				observeLocked(&p.assignDur, took)
+			} else {
+				observeLocked(&p.createDur, took)
+			}
+		}
+		if retry && ctx.Err() == nil {
+			op.attempts++
+			op.notBefore = time.Now().Add(min(p.cfg.ErrorBackoff<<min(op.attempts, 10), time.Minute))
+			p.retryOps = append(p.retryOps, op)
+		}
+		p.mu.Unlock()
+		p.done(err)
+	})
+}
+
+// background runs f in a goroutine that Run waits for, and pokes the pool
+// when f returns.
+func (p *Pool) background(f func()) {
+	p.work.Add(1)
+	go func() {
+		defer p.work.Done()
+		defer p.poke()
+		f()
+	}()
+}
+
+// runOp records a new op (picking the vSwitch of a create) and runs it;
+// retry is true when it failed without a definite answer and must be
+// repeated with its token.
+func (p *Pool) runOp(ctx context.Context, op *pendingOp) (retry bool, err error) {
+	if op.ID == "" {
+		if op.Kind == opCreate {
+			if op.VSwitchID, err = p.pickVSwitch(ctx); err != nil {
+				return false, err
+			}
+		}
+		op.ID, op.Token, op.Started = NewToken(), NewToken(), time.Now().UTC()
+		if err := p.store.PutOp(*op); err != nil {
+			return false, fmt.Errorf("recording the %s: %w", op.Kind, err)
+		}
+	}
+	if op.Kind == opCreate {
+		return p.finishCreate(ctx, *op)
+	}
+	return p.finishAssign(ctx, *op)
+}
+
 // done records the outcome of a refill.
-func (p *Pool) done(err error) bool {
+func (p *Pool) done(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err == nil {
 		p.lastErr = ""
 		p.notifyLocked()
-		return true
+		return
 	}
 	p.lastErr = err.Error()
-	p.failSeq++
 	if !IsAddressShortage(err) && !IsENILimit(err) {
 		p.retryAfter = time.Now().Add(p.cfg.ErrorBackoff)
 	}
 	p.notifyLocked()
 	p.log.Warn("refilling the pool failed", "err", err)
-	return false
 }
 
 // pickVSwitch returns the configured vSwitch with the most free addresses
@@ -715,53 +1002,40 @@ func definitive(err error) bool {
 	return errors.As(err, &ce) && !retryable(err)
 }
 
-func (p *Pool) createENI(ctx context.Context, n int, exclusive bool) error {
-	defer func() {
-		p.mu.Lock()
-		p.creating--
-		p.mu.Unlock()
-	}()
-	vsw, err := p.pickVSwitch(ctx)
-	if err != nil {
-		return err
-	}
-	op := pendingOp{ID: NewToken(), Kind: "create", VSwitchID: vsw, Count: n, Exclusive: exclusive, Token: NewToken(), Started: time.Now().UTC()}
-	if err := p.store.PutOp(op); err != nil {
-		return fmt.Errorf("recording the create: %w", err)
-	}
-	return p.finishCreate(ctx, op)
-}
-
-// finishCreate runs (or, after a restart, repeats with the same token) a
-// create, then attaches the ENI and adds it to the pool.
-func (p *Pool) finishCreate(ctx context.Context, op pendingOp) error {
+// finishCreate runs (or repeats with the same token) a create, then
+// attaches the ENI and adds it to the pool. retry: the op is still
+// pending (no definite answer) and must be repeated with its token.
+func (p *Pool) finishCreate(ctx context.Context, op pendingOp) (retry bool, err error) {
 	eni, err := p.cloud.CreateENI(ctx, CreateENIRequest{VSwitchID: op.VSwitchID, SecurityGroups: p.cfg.SecurityGroups, Count: op.Count, Name: p.cfg.ENIName, Token: op.Token})
 	if err != nil {
 		p.noteFailure(op.VSwitchID, err)
 		if definitive(err) {
 			_ = p.store.DelOp(op.ID)
+			return false, fmt.Errorf("creating an ENI in %s: %w", op.VSwitchID, err)
 		}
-		return fmt.Errorf("creating an ENI in %s: %w", op.VSwitchID, err)
+		return true, fmt.Errorf("creating an ENI in %s: %w", op.VSwitchID, err)
 	}
 	if err := p.store.PutENI(eniRecord{ID: eni.ID, Exclusive: op.Exclusive}); err != nil {
-		return err
+		return true, fmt.Errorf("recording ENI %s: %w", eni.ID, err)
 	}
 	if eni.InstanceID != p.cfg.InstanceID || eni.Status != "InUse" {
 		if err := p.cloud.AttachENI(ctx, eni.ID, p.cfg.InstanceID); err != nil {
 			p.noteFailure(op.VSwitchID, err)
-			if IsENILimit(err) {
-				// Nothing will attach it: delete it now rather than leak it.
+			if definitive(err) {
+				// Nothing will attach it (ENI limit, ...): delete it now
+				// rather than leak it.
 				if derr := p.cloud.DeleteENI(ctx, eni.ID); derr == nil || IsNotFound(derr) {
 					_ = p.store.DelENI(eni.ID)
 					_ = p.store.DelOp(op.ID)
+					return false, fmt.Errorf("attaching %s: %w", eni.ID, err)
 				}
 			}
-			return fmt.Errorf("attaching %s: %w", eni.ID, err)
+			return true, fmt.Errorf("attaching %s: %w", eni.ID, err)
 		}
 	}
 	info, err := p.waitAttached(ctx, eni.MAC)
 	if err != nil {
-		return fmt.Errorf("waiting for %s: %w", eni.ID, err)
+		return true, fmt.Errorf("waiting for %s: %w", eni.ID, err)
 	}
 	pe := &poolENI{ID: eni.ID, MAC: eni.MAC, VSwitchID: eni.VSwitchID, CIDR: info.CIDR, Gateway: info.Gateway, Primary: eni.Primary, Exclusive: op.Exclusive, ips: map[netip.Addr]api.Key{}}
 	for _, a := range eni.IPs {
@@ -772,15 +1046,18 @@ func (p *Pool) finishCreate(ctx context.Context, op pendingOp) error {
 	}
 	n := len(pe.ips)
 	p.mu.Lock()
-	p.enis[pe.ID] = pe
-	if op.Exclusive {
-		p.exclReady = append(p.exclReady, pe.ID)
+	if p.enis[pe.ID] == nil {
+		p.enis[pe.ID] = pe
+		if op.Exclusive {
+			p.exclReady = append(p.exclReady, pe.ID)
+			p.exclReadyAt[pe.ID] = time.Now()
+		}
 	}
 	p.notifyLocked()
 	p.mu.Unlock()
 	_ = p.store.DelOp(op.ID)
 	p.log.Info("ENI ready", "eni", eni.ID, "vswitch", eni.VSwitchID, "addresses", n, "exclusive", op.Exclusive)
-	return nil
+	return false, nil
 }
 
 // waitAttached polls metadata until the ENI's MAC is listed (attached and
@@ -803,31 +1080,30 @@ func (p *Pool) waitAttached(ctx context.Context, mac string) (ENIInfo, error) {
 	}
 }
 
-func (p *Pool) assign(ctx context.Context, eniID, vsw string, n int) error {
-	op := pendingOp{ID: NewToken(), Kind: "assign", ENIID: eniID, Count: n, Token: NewToken(), Started: time.Now().UTC()}
-	if err := p.store.PutOp(op); err != nil {
-		return fmt.Errorf("recording the assign: %w", err)
-	}
-	ips, err := p.cloud.AssignIPs(ctx, eniID, n, op.Token)
+// finishAssign runs (or repeats with the same token) an assign and adds
+// the addresses to their ENI. retry as for finishCreate.
+func (p *Pool) finishAssign(ctx context.Context, op pendingOp) (retry bool, err error) {
+	ips, err := p.cloud.AssignIPs(ctx, op.ENIID, op.Count, op.Token)
 	if cloudCode(err) == CodeIPQuota {
 		// This ENI is full: use another one (or a new one).
 		p.mu.Lock()
-		if e := p.enis[eniID]; e != nil {
+		if e := p.enis[op.ENIID]; e != nil {
 			e.full = true
 		}
 		p.mu.Unlock()
 		_ = p.store.DelOp(op.ID)
-		return fmt.Errorf("assigning %d addresses to %s: %w", n, eniID, err)
+		return false, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
 	}
 	if err != nil {
-		p.noteFailure(vsw, err)
+		p.noteFailure(op.VSwitchID, err)
 		if definitive(err) {
 			_ = p.store.DelOp(op.ID)
+			return false, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
 		}
-		return fmt.Errorf("assigning %d addresses to %s: %w", n, eniID, err)
+		return true, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
 	}
 	p.mu.Lock()
-	if e := p.enis[eniID]; e != nil {
+	if e := p.enis[op.ENIID]; e != nil {
 		for _, a := range ips {
 			if _, ok := e.ips[a]; !ok {
 				e.ips[a] = api.Key{}
@@ -837,16 +1113,16 @@ func (p *Pool) assign(ctx context.Context, eniID, vsw string, n int) error {
 	p.notifyLocked()
 	p.mu.Unlock()
 	_ = p.store.DelOp(op.ID)
-	return nil
+	return false, nil
 }
 
 // shrinkLocked gives back excess idle addresses: a whole idle ENI when it
-// fits in the excess, else secondary addresses of the least used ENI.
-// Called with p.mu held; unlocks it.
+// fits in the excess, else secondary addresses of the least used ENI (in
+// the background). Called with p.mu held; unlocks it.
 func (p *Pool) shrinkLocked(ctx context.Context, excess int) bool {
 	var cands []*poolENI
 	for _, e := range p.enis {
-		if !e.Exclusive {
+		if !e.Exclusive && !p.assigning[e.ID] {
 			cands = append(cands, e)
 		}
 	}
@@ -856,9 +1132,9 @@ func (p *Pool) shrinkLocked(ctx context.Context, excess int) bool {
 	for _, e := range cands {
 		if e.inUse() == 0 && len(e.ips) <= excess {
 			delete(p.enis, e.ID)
+			p.toDelete = append(p.toDelete, e.ID)
 			p.notifyLocked()
 			p.mu.Unlock()
-			p.deleteENI(ctx, e.ID)
 			return true
 		}
 		var free []netip.Addr
@@ -875,26 +1151,50 @@ func (p *Pool) shrinkLocked(ctx context.Context, excess int) bool {
 		for _, a := range free {
 			delete(e.ips, a)
 		}
-		p.notifyLocked()
 		id := e.ID
+		p.assigning[id] = true // no assign on this ENI meanwhile
+		p.refills++
+		p.notifyLocked()
 		p.mu.Unlock()
-		if err := p.cloud.UnassignIPs(ctx, id, free); err != nil && !IsNotFound(err) {
-			p.log.Warn("unassigning idle addresses failed; keeping them", "eni", id, "err", err)
-			p.mu.Lock()
-			if e := p.enis[id]; e != nil {
-				for _, a := range free {
-					e.ips[a] = api.Key{}
-				}
-			}
-			p.retryAfter = time.Now().Add(p.cfg.ErrorBackoff)
-			p.notifyLocked()
-			p.mu.Unlock()
-			return false
-		}
+		p.background(func() { p.unassign(ctx, id, free) })
 		return true
 	}
 	p.mu.Unlock()
 	return false
+}
+
+// unassign gives idle addresses (already out of the pool) back. Refused
+// outright, they return to the pool; without a definite answer they may be
+// gone already, so they stay out and the call is repeated (an address the
+// cloud no longer has must never be handed out).
+func (p *Pool) unassign(ctx context.Context, id string, ips []netip.Addr) {
+	for attempt := 1; ; attempt++ {
+		err := p.cloud.UnassignIPs(ctx, id, ips)
+		if err == nil || IsNotFound(err) || ctx.Err() != nil {
+			break
+		}
+		p.log.Warn("unassigning idle addresses failed", "eni", id, "attempt", attempt, "err", err)
+		if definitive(err) {
+			p.mu.Lock()
+			if e := p.enis[id]; e != nil {
+				for _, a := range ips {
+					e.ips[a] = api.Key{}
+				}
+			}
+			p.retryAfter = time.Now().Add(p.cfg.ErrorBackoff)
+			p.mu.Unlock()
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(p.cfg.ErrorBackoff):
+		}
+	}
+	p.mu.Lock()
+	delete(p.assigning, id)
+	p.refills--
+	p.notifyLocked()
+	p.mu.Unlock()
 }
 
 // deleteENI detaches and deletes an ENI the pool no longer uses.

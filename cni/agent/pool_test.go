@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,11 +25,33 @@ type fakeCloud struct {
 	tokens  map[string][]string // action -> tokens seen
 	fail    map[string][]error  // action -> errors to return first
 	byToken map[string]any
-	ipsPer  int
+	// lose: answers to lose per action: the call takes effect, the caller
+	// gets a connection error (an answer lost on the way back).
+	lose   map[string]int
+	ipsPer int
+	// gate, if set, holds every create and assign until it can receive.
+	gate chan struct{}
+}
+
+func (f *fakeCloud) wait() {
+	if f.gate != nil {
+		<-f.gate
+	}
+}
+
+var errLostAnswer = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}
+
+// lost reports (and counts) an answer to lose. f.mu held.
+func (f *fakeCloud) lost(action string) bool {
+	if f.lose[action] > 0 {
+		f.lose[action]--
+		return true
+	}
+	return false
 }
 
 func newFake(ipsPer int) *fakeCloud {
-	return &fakeCloud{enis: map[string]*ENI{}, calls: map[string]int{}, tokens: map[string][]string{}, fail: map[string][]error{}, byToken: map[string]any{}, ipsPer: ipsPer}
+	return &fakeCloud{enis: map[string]*ENI{}, calls: map[string]int{}, tokens: map[string][]string{}, fail: map[string][]error{}, byToken: map[string]any{}, lose: map[string]int{}, ipsPer: ipsPer}
 }
 
 func (f *fakeCloud) hit(action, token string) error {
@@ -48,6 +72,7 @@ func (f *fakeCloud) addr() netip.Addr {
 }
 
 func (f *fakeCloud) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.hit("Create", r.Token); err != nil {
@@ -65,6 +90,9 @@ func (f *fakeCloud) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, erro
 	e.Primary = e.IPs[0]
 	f.enis[e.ID] = e
 	f.byToken[r.Token] = e
+	if f.lost("Create") {
+		return nil, errLostAnswer
+	}
 	c := *e
 	return &c, nil
 }
@@ -98,6 +126,7 @@ func (f *fakeCloud) DeleteENI(_ context.Context, id string) error {
 }
 
 func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string) ([]netip.Addr, error) {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.hit("Assign", token); err != nil {
@@ -116,16 +145,24 @@ func (f *fakeCloud) AssignIPs(_ context.Context, id string, n int, token string)
 	}
 	e.IPs = append(e.IPs, got...)
 	f.byToken[token] = got
+	if f.lost("Assign") {
+		return nil, errLostAnswer
+	}
 	return got, nil
 }
 
 func (f *fakeCloud) UnassignIPs(_ context.Context, id string, ips []netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_ = f.hit("Unassign", "")
+	if err := f.hit("Unassign", ""); err != nil {
+		return err
+	}
 	e := f.enis[id]
 	drop := map[netip.Addr]bool{}
 	for _, a := range ips {
+		if !slices.Contains(e.IPs, a) {
+			return &CloudError{Action: "UnassignPrivateIpAddresses", Code: codeIPUnassigned}
+		}
 		drop[a] = true
 	}
 	var keep []netip.Addr
@@ -135,6 +172,9 @@ func (f *fakeCloud) UnassignIPs(_ context.Context, id string, ips []netip.Addr) 
 		}
 	}
 	e.IPs = keep
+	if f.lost("Unassign") {
+		return errLostAnswer
+	}
 	return nil
 }
 
@@ -162,8 +202,8 @@ func (f *fakeCloud) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitc
 	defer f.mu.Unlock()
 	_ = f.hit("DescribeVSwitches", "")
 	var out []VSwitch
-	for i, id := range ids {
-		out = append(out, VSwitch{ID: id, Free: 100 - i})
+	for _, id := range ids {
+		out = append(out, VSwitch{ID: id, Free: map[string]int{"vsw-1": 50, "vsw-2": 80}[id]})
 	}
 	return out, nil
 }
@@ -311,8 +351,9 @@ func TestExhaustedAndRecovered(t *testing.T) {
 	defer cancel()
 	_, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeVeth})
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Code != api.CodeTryAgainLater || !strings.Contains(ae.Msg, CodeIPNotEnough) {
-		t.Fatalf("alloc with both vSwitches short: %v", err)
+	// CNI errors: a short msg, the long story in details.
+	if !errors.As(err, &ae) || ae.Code != api.CodeTryAgainLater || ae.Msg != "no address available for veth mode" || !strings.Contains(ae.Details, CodeIPNotEnough) {
+		t.Fatalf("alloc with both vSwitches short: %#v", err)
 	}
 	if st := p.Status(api.ModeVeth); st.Ready || !strings.Contains(st.Reason, "vsw-1") || !strings.Contains(st.Reason, "vsw-2") {
 		t.Fatalf("status: %+v", st)
@@ -411,8 +452,245 @@ func TestGC(t *testing.T) {
 	}
 	var cleaned []string
 	p.HostCleanup = func(a api.Allocation) { cleaned = append(cleaned, a.ContainerID) }
-	rel := p.GC([]api.Key{key(1), key(3)})
-	if len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
-		t.Fatalf("GC released %v, cleaned %v, left %d", rel, cleaned, len(p.Allocations()))
+	rel, err := p.GC([]api.Key{key(1), key(3)})
+	if err != nil || len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
+		t.Fatalf("GC released %v (%v), cleaned %v, left %d", rel, err, cleaned, len(p.Allocations()))
+	}
+	// A release that fails (the state file is gone): GC goes on, and says
+	// what it could not free.
+	p.store.Close()
+	rel, err = p.GC(nil)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeInternal || !strings.Contains(ae.Details, "c1/eth0") || !strings.Contains(ae.Details, "c3/eth0") || len(rel) != 0 {
+		t.Fatalf("GC with a closed state file: released %v, error %#v", rel, err)
+	}
+	if len(p.Allocations()) != 2 {
+		t.Fatalf("GC freed addresses it could not forget: %d left", len(p.Allocations()))
+	}
+}
+
+// New ENIs go to the configured vSwitch with the most free addresses,
+// skipping one that is blocked after an address shortage.
+func TestVSwitchByFreeAddresses(t *testing.T) {
+	f := newFake(10)                                                   // DescribeVSwitches: vsw-1 50 free, vsw-2 80
+	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10}) // vsw-1 listed first
+	ctx := context.Background()
+	if v, err := p.pickVSwitch(ctx); err != nil || v != "vsw-2" {
+		t.Fatalf("picked %q (%v), want vsw-2 (most free)", v, err)
+	}
+	p.noteFailure("vsw-2", &CloudError{Code: CodeIPNotEnough})
+	if v, err := p.pickVSwitch(ctx); err != nil || v != "vsw-1" {
+		t.Fatalf("picked %q (%v) with vsw-2 blocked, want vsw-1", v, err)
+	}
+	p.noteFailure("vsw-1", &CloudError{Code: CodeIPQuota})
+	if v, err := p.pickVSwitch(ctx); err == nil {
+		t.Fatalf("picked %q with both blocked", v)
+	}
+}
+
+// Client-side limits are per action: a burst of one action waits for its
+// bucket, another action is not held up by it.
+func TestRateLimitPerAction(t *testing.T) {
+	f := newFake(10)
+	l := NewLimited(f, 2, nil) // 2 per second, burst 2
+	ctx := context.Background()
+	t0 := time.Now()
+	for range 4 {
+		if _, err := l.DescribeVSwitches(ctx, []string{"v"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(t0); d < 900*time.Millisecond {
+		t.Fatalf("4 calls at 2/s (burst 2) took %s, want about 1 s", d)
+	}
+	t1 := time.Now()
+	if _, err := l.DescribeENIs(ctx, "i-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t1); d > 200*time.Millisecond {
+		t.Fatalf("another action waited %s behind DescribeVSwitches' bucket", d)
+	}
+}
+
+// A create or assign whose answer is lost took effect in the cloud: the
+// pool repeats it with the same ClientToken (ECS answers with what the
+// first call made) instead of issuing a new request, so nothing leaks.
+func TestLostAnswerRepeatedWithItsToken(t *testing.T) {
+	f := newFake(10)
+	f.lose["Create"], f.lose["Assign"] = 1, 1
+	p, st := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 2; i++ { // the first needs an ENI, the second an assign
+		if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth}); err != nil {
+			t.Fatalf("alloc %d: %v", i, err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.enis) != 1 {
+		t.Errorf("%d ENIs in the cloud, want 1 (a lost create answer repeated with a new token leaks an ENI)", len(f.enis))
+	}
+	for _, action := range []string{"Create", "Assign"} {
+		toks := f.tokens[action]
+		if len(toks) != 2 || toks[0] != toks[1] {
+			t.Errorf("%s tokens %v: want the lost call repeated once with its token", action, toks)
+		}
+	}
+	for _, e := range f.enis {
+		if len(e.IPs) != 2 {
+			t.Errorf("ENI %s has %d addresses in the cloud, the pool knows 2", e.ID, len(e.IPs))
+		}
+	}
+	if ops, _ := st.Ops(); len(ops) != 0 {
+		t.Errorf("pending ops left: %v", ops)
+	}
+}
+
+// addENI puts an attached ENI with n addresses into the cloud and the pool.
+func addENI(t *testing.T, f *fakeCloud, p *Pool, n int) *poolENI {
+	t.Helper()
+	e, err := f.CreateENI(context.Background(), CreateENIRequest{VSwitchID: "vsw-1", Count: n, Name: p.cfg.ENIName, Token: NewToken()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = f.AttachENI(context.Background(), e.ID, "i-1")
+	pe := &poolENI{ID: e.ID, MAC: e.MAC, VSwitchID: e.VSwitchID, Primary: e.Primary, ips: map[netip.Addr]api.Key{}}
+	for _, a := range e.IPs {
+		pe.ips[a] = api.Key{}
+	}
+	p.mu.Lock()
+	p.enis[pe.ID] = pe
+	p.mu.Unlock()
+	return pe
+}
+
+func (p *Pool) inFlight() (refills, addrs int, enis []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.assigning {
+		enis = append(enis, id)
+	}
+	slices.Sort(enis)
+	return p.refills, p.inflight, enis
+}
+
+// Refills overlap: a deficit larger than one assign's batch starts
+// assigns on several ENIs at once (never two on one ENI), sized to the
+// deficit, and counts what is in flight so it does not ask twice.
+func TestRefillsOverlap(t *testing.T) {
+	f := newFake(20)
+	p, _ := newTestPool(t, f, f, 20, 40, Limits{ENIs: 4, IPsPerENI: 20})
+	a, b := addENI(t, f, p, 5), addENI(t, f, p, 4)
+	f.gate = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { close(f.gate); cancel(); p.work.Wait() }()
+	for p.step(ctx) {
+	}
+	// idle 9, want 40: assign 10 on the fuller ENI, 10 on the other; then
+	// 9 + 20 in flight >= min-idle 20: nothing more.
+	refills, addrs, enis := p.inFlight()
+	if want := []string{a.ID, b.ID}; refills != 2 || addrs != 20 || !slices.Equal(enis, sortedIDs(want)) {
+		t.Fatalf("in flight: %d calls, %d addresses, assigning on %v; want 2 calls of 10 on %v", refills, addrs, enis, sortedIDs(want))
+	}
+	for range 2 {
+		f.gate <- struct{}{}
+	}
+	waitFor(t, "both assigns to land", func() bool { r, _, _ := p.inFlight(); return r == 0 })
+	if s := p.Status(api.ModeVeth); s.Idle != 29 {
+		t.Fatalf("idle %d after two assigns of 10 onto 9, want 29", s.Idle)
+	}
+	if n := f.count("Assign"); n != 2 {
+		t.Fatalf("%d assigns, want 2", n)
+	}
+}
+
+func sortedIDs(ids []string) []string { s := slices.Clone(ids); slices.Sort(s); return s }
+
+// Under demand the refill starts before idle falls below min-idle: with
+// pods taking 20 addresses a second and an assign lasting a second, the
+// pool asks for more at 25 idle (min-idle 20), and sizes the batch to be
+// back near max-idle when it lands.
+func TestRefillStartsEarlyUnderDemand(t *testing.T) {
+	f := newFake(30)
+	p, _ := newTestPool(t, f, f, 20, 50, Limits{ENIs: 4, IPsPerENI: 30})
+	addENI(t, f, p, 25)
+	f.gate = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { close(f.gate); cancel(); p.work.Wait() }()
+	if p.step(ctx) {
+		t.Fatal("refill started at 25 idle without demand (min-idle 20)")
+	}
+	now := time.Now()
+	p.mu.Lock()
+	p.assignDur = time.Second
+	for i := range 20 { // 20 allocations over the last second
+		p.allocTimes = append(p.allocTimes, now.Add(-time.Second+time.Duration(i)*50*time.Millisecond))
+	}
+	p.mu.Unlock()
+	if !p.step(ctx) {
+		t.Fatal("no refill at 25 idle with pods taking 20 a second and assigns lasting 1 s")
+	}
+	if _, addrs, _ := p.inFlight(); addrs != 5 {
+		// want = max 50 + demand 20 - 25 idle = 45, capped by the ENI's
+		// room (30 - 25 = 5).
+		t.Fatalf("%d addresses asked for, want the ENI's remaining 5", addrs)
+	}
+	if !p.step(ctx) {
+		t.Fatal("no second refill: 25 + 5 in flight is still short of min-idle + demand")
+	}
+	if r, addrs, _ := p.inFlight(); r != 2 || addrs != 35 {
+		t.Fatalf("in flight %d calls, %d addresses; want an assign of 5 and a create of 30", r, addrs)
+	}
+	f.gate <- struct{}{}
+	f.gate <- struct{}{}
+	waitFor(t, "both refills to land", func() bool { r, _, _ := p.inFlight(); return r == 0 })
+}
+
+// An unassign whose answer is lost took effect: the addresses must not go
+// back into the pool (they would be handed to pods the VPC no longer
+// routes to this node).
+func TestLostUnassignAnswer(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 6, Limits{ENIs: 4, IPsPerENI: 10})
+	e := addENI(t, f, p, 8)
+	f.lose["Unassign"] = 1
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if !p.step(ctx) {
+		t.Fatal("no shrink with 8 idle, max-idle 6")
+	}
+	p.work.Wait()
+	f.mu.Lock()
+	cloud := len(f.enis[e.ID].IPs)
+	f.mu.Unlock()
+	if idle := p.Status(api.ModeVeth).Idle; idle != cloud || cloud != 6 {
+		t.Fatalf("pool has %d idle addresses, the cloud %d on the ENI; want 6 and 6", idle, cloud)
+	}
+}
+
+// An exclusive ENI made for an ADD that gave up waiting is kept for the
+// runtime's retry, then deleted rather than held until the next restart.
+func TestUnclaimedExclusiveENIDeleted(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 0, Limits{ENIs: 4, IPsPerENI: 10})
+	p.cfg.UnclaimedENITTL = 300 * time.Millisecond
+	f.gate = make(chan struct{})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(1), Mode: api.ModeExclusive}); err == nil {
+		t.Fatal("exclusive alloc served while the create is held")
+	}
+	close(f.gate) // the create goes through after the ADD gave up
+	waitFor(t, "the ENI to be made", func() bool { return f.count("Attach") == 1 })
+	waitFor(t, "the unclaimed ENI to be deleted", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.enis) == 0
+	})
+	if s := p.Status(api.ModeExclusive); s.ENIs != 0 {
+		t.Fatalf("pool still holds %d ENIs", s.ENIs)
 	}
 }

@@ -31,11 +31,11 @@ func (p *Pool) Reconcile(ctx context.Context, pods Pods) error {
 	}
 	for _, op := range ops {
 		switch op.Kind {
-		case "create":
+		case opCreate:
 			p.mu.Lock()
 			p.creating++
 			p.mu.Unlock()
-			err := p.finishCreate(ctx, op)
+			_, err := p.finishCreate(ctx, op)
 			p.mu.Lock()
 			p.creating--
 			p.mu.Unlock()
@@ -44,7 +44,7 @@ func (p *Pool) Reconcile(ctx context.Context, pods Pods) error {
 			} else {
 				p.log.Info("repeated an interrupted ENI create with its ClientToken", "token", op.Token)
 			}
-		case "assign":
+		case opAssign:
 			if _, err := p.cloud.AssignIPs(ctx, op.ENIID, op.Count, op.Token); err != nil && !definitive(err) {
 				p.log.Warn("repeating an interrupted assign", "eni", op.ENIID, "err", err)
 				continue
@@ -141,6 +141,7 @@ func (p *Pool) Reconcile(ctx context.Context, pods Pods) error {
 	p.enis = enis
 	p.allocs = kept
 	p.exclReady = nil
+	clear(p.exclReadyAt)
 	for _, e := range enis {
 		if e.Exclusive && e.inUse() == 0 {
 			delete(p.enis, e.ID)

@@ -48,7 +48,8 @@ func Handler(p *Pool) http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		reply(w, &api.GCResult{Released: p.GC(req.Valid)}, nil)
+		released, err := p.GC(req.Valid)
+		reply(w, &api.GCResult{Released: released}, err)
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st := p.Status(api.Mode(r.URL.Query().Get("mode")))

@@ -38,6 +38,10 @@ type pendingOp struct {
 	Exclusive bool      `json:"exclusive,omitempty"`
 	Token     string    `json:"token"`
 	Started   time.Time `json:"started"`
+	// attempts: how often this agent ran it; notBefore: when it may run
+	// again (not persisted).
+	attempts  int
+	notBefore time.Time
 }
 
 // Store is the agent's bbolt state.

@@ -410,12 +410,32 @@ func TestAgentEndpoints(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// DEL while the agent is down: the pod and host sides are undone, and
+	// code 11 asks the runtime to retry (the address is still held).
+	if err := e.Del(ctx, api.ModeVeth, p); cnitest.CNICode(err) != 11 {
+		t.Fatalf("DEL with the agent down: %v (code %d), want code 11", err, cnitest.CNICode(err))
+	}
+	if err := p.Do(func() error {
+		if _, err := netlink.LinkByName("eth0"); err == nil {
+			return fmt.Errorf("eth0 still in the pod")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(netsetup.HostIfName(p.ContainerID, "eth0")); err == nil {
+		t.Fatal("host veth left after DEL with the agent down")
+	}
 	if err := e.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
 	a, err := api.NewClient(e.Socket).Get(ctx, api.Key{ContainerID: p.ContainerID, IfName: "eth0"})
 	if err != nil || a.IP != ip.String() {
-		t.Fatalf("after a restart: %v %v, want %s", a, err, ip)
+		t.Fatalf("after a restart: %v %v, want %s still held", a, err, ip)
 	}
+	// The runtime's retry: released now.
 	e.del(api.ModeVeth, p)
+	if _, err := api.NewClient(e.Socket).Get(ctx, api.Key{ContainerID: p.ContainerID, IfName: "eth0"}); err != api.ErrNotFound {
+		t.Fatalf("after the retried DEL: %v, want no allocation", err)
+	}
 }

@@ -135,7 +135,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 		return types.NewError(types.ErrInternal, fmt.Sprintf("setting up %s in %s", args.IfName, args.Netns), err.Error())
 	}
-	return types.PrintResult(toResult(conf, res), conf.CNIVersion)
+	out, err := toResult(conf, res)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "prevResult", err.Error())
+	}
+	return types.PrintResult(out, conf.CNIVersion)
 }
 
 func setup(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation) (*netsetup.Result, error) {
@@ -153,18 +157,32 @@ func setup(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation) (*netsetup.
 		NodeLocalDNS: conf.nodeLocalDNS, HostNS: hostNS, PodNS: podNS, NL: netsetup.Kernel{}})
 }
 
-func toResult(conf *NetConf, r *netsetup.Result) *current.Result {
+// toResult is the ADD result: a prevResult (eni-cni chained after another
+// plugin) with this plugin's interfaces, address and routes added, else
+// just those.
+func toResult(conf *NetConf, r *netsetup.Result) (*current.Result, error) {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	if conf.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+			return nil, err
+		}
+		prev, err := current.NewResultFromResult(conf.PrevResult)
+		if err != nil {
+			return nil, err
+		}
+		res = prev
+		res.CNIVersion = current.ImplementedSpecVersion
+	}
 	if r.Host != nil {
 		res.Interfaces = append(res.Interfaces, &current.Interface{Name: r.Host.Name, Mac: r.Host.MAC})
 	}
 	res.Interfaces = append(res.Interfaces, &current.Interface{Name: r.Pod.Name, Mac: r.Pod.MAC, Sandbox: r.Pod.Sandbox})
 	idx := len(res.Interfaces) - 1
-	res.IPs = []*current.IPConfig{{
+	res.IPs = append(res.IPs, &current.IPConfig{
 		Interface: &idx,
 		Address:   net.IPNet{IP: net.IP(r.Addr.Addr().AsSlice()), Mask: net.CIDRMask(r.Addr.Bits(), 32)},
 		Gateway:   net.IP(r.Gateway.AsSlice()),
-	}}
+	})
 	for _, rt := range r.Routes {
 		route := &types.Route{Dst: net.IPNet{IP: net.IP(rt.Dst.Addr().AsSlice()), Mask: net.CIDRMask(rt.Dst.Bits(), 32)}}
 		if rt.GW.IsValid() {
@@ -172,8 +190,10 @@ func toResult(conf *NetConf, r *netsetup.Result) *current.Result {
 		}
 		res.Routes = append(res.Routes, route)
 	}
-	res.DNS = conf.DNS
-	return res
+	if conf.DNS.Nameservers != nil || conf.DNS.Domain != "" || conf.DNS.Search != nil || conf.DNS.Options != nil {
+		res.DNS = conf.DNS
+	}
+	return res, nil
 }
 
 // prevIP is the pod address in the prevResult, if any.
@@ -305,7 +325,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return types.NewError(api.CodeUnavailable, "eni-agent not available at "+conf.AgentSocket, err.Error())
 	}
 	if !st.Ready {
-		return types.NewError(api.CodeUnavailable, "the ENI address pool cannot serve an ADD: "+st.Reason, "")
+		return types.NewError(api.CodeUnavailable, "the ENI address pool cannot serve an ADD", st.Reason)
 	}
 	return nil
 }
