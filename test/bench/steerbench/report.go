@@ -65,7 +65,13 @@ func verdict(ok bool) string {
 }
 
 // targets: steering adds <= 2 µs over straight-to-cache at every rule count,
-// and stays flat (median within 2 µs) from the fewest to the most rules.
+// and stays flat from the fewest to the most rules: its median grows by at
+// most 2 µs more than straight-to-cache's over the same counts. Straight to
+// the cache meets no Service rule at all (no DNAT, and NOTRACK keeps it out
+// of the nat chains), so what it moves between counts is the machine's
+// drift between their blocks of the run (±3 µs here even with the counts
+// interleaved), which the raw medians of two counts would charge to the
+// rules.
 func (rep *Report) targets() []target {
 	var out []target
 	rules := rep.Config.Rules
@@ -84,6 +90,13 @@ func (rep *Report) targets() []target {
 	}
 	if len(rules) > 1 {
 		lo, hi := rules[0], rules[len(rules)-1]
+		var drift time.Duration
+		da, ok1 := rep.get(PathStraight, lo)
+		db, ok2 := rep.get(PathStraight, hi)
+		haveDrift := ok1 && ok2
+		if haveDrift {
+			drift = db.Median - da.Median
+		}
 		for _, p := range []string{PathSteering, PathKernel, PathTracked, PathIptables} {
 			a, ok1 := rep.get(p, lo)
 			b, ok2 := rep.get(p, hi)
@@ -95,9 +108,12 @@ func (rep *Report) targets() []target {
 				what:  fmt.Sprintf("%s: median from %d to %d rules", p, lo, hi),
 				value: fmt.Sprintf("%s -> %s µs (%+.1f µs)", us(a.Median), us(b.Median), float64(grow)/1e3),
 			}
+			if haveDrift {
+				t.value += fmt.Sprintf("; %+.1f µs net of straight-to-cache's %+.1f µs", float64(grow-drift)/1e3, float64(drift)/1e3)
+			}
 			if p != PathIptables && p != PathTracked {
-				t.what = "flat across Service counts (within 2 µs): " + t.what
-				t.verdict = verdict(grow <= 2*time.Microsecond)
+				t.what = "flat across Service counts (growth within 2 µs of straight-to-cache's): " + t.what
+				t.verdict = verdict(grow-drift <= 2*time.Microsecond)
 			} else {
 				t.verdict = "(reference)"
 			}
@@ -122,14 +138,14 @@ func (rep *Report) Markdown() string {
 	}
 	p("### How to reproduce\n\n")
 	p("```sh\nmake bench   # runs this after the other benchmarks\n# or, after `make build`:\ngo run ./test/bench/steerbench -out docs/benchmarks.md\n```\n\n")
-	p("From a pod (a network namespace with a veth, test/netns) one thread pinned to core %d sends %d queries per path, rule count and round (%d rounds, the paths alternating), ", cfg.ClientCPU, cfg.Queries, cfg.Rounds)
+	p("From a pod (a network namespace with a veth, test/netns) one thread pinned to core %d sends %d queries per path, rule count and round (%d rounds, each going over every rule count in turn, starting at another count each round, so that drift over the run lands on all counts alike; the paths of a node-cache take turns every %d queries), ", cfg.ClientCPU, cfg.Queries, cfg.Rounds, chunkQueries)
 	p("each from a fresh UDP socket as glibc's resolver does (a load generator reusing sockets hides the per-flow NAT cost), for one name that `bin/node-cache` (pinned to core %d) answers from its cache. ", cfg.ServerCPU)
 	p("Paths: **%s** (the pod asks `--local-ip`), **%s** (the pod asks the VIP; node-cache's cgroup programs rewrite it at the socket), ", PathStraight, PathSteering)
 	p("both against node-cache as it ships, with its own NOTRACK table (`--notrack`: `inet` table, raw-priority `notrack` rules for `--local-ip` port 53, written over netlink); ")
 	p("**%s** (the same steering against a node-cache started with `--notrack=false`: each query a new conntrack flow) and ", PathTracked)
 	p("**%s** (the pod asks another VIP; a kube-proxy-style `nat` rule DNATs it to the cache; against the `--notrack=false` node-cache too, since a DNAT needs conntrack on the cache's reply as well); ", PathIptables)
 	p("**%s** (node-cache's default: steering and NOTRACK, with its in-kernel cache answering the hot name at the pod's veth, before netfilter; the other paths run with `--kernel-cache=false`). ", PathKernel)
-	p("Each of these three node-cache configurations is started (and its table checked) once per rule count; the paths measured against it alternate within each round. ")
+	p("Each of these three node-cache configurations is started (and its table checked) once per rule count and round. ")
 	p("The Service rules (`-d IP/32 -p udp|tcp --dport 53 -j ...`, as kube-proxy writes them into KUBE-SERVICES) sit in a chain jumped to from `nat PREROUTING`, ahead of the DNS VIP's DNAT rule, and are installed for every path: a kube-proxy node has them whatever path DNS takes. ")
 	p("Pod CPU is the querying thread's schedstat time (its syscalls and the softirq work done in its context, the host's routing and netfilter included); cache CPU is node-cache's, all threads. Conntrack counts the host's entries whose original source is the pod, per query. ")
 	p("Everything the program creates is removed at the end. Flags: `-rules`, `-queries`, `-rounds`, `-quick`, `-out`. This run took %s.\n\n", rep.Elapsed)
@@ -149,6 +165,7 @@ func (rep *Report) Markdown() string {
 	p("Without more, it would still enter the host's netfilter hooks as a new flow, and where `nat` rules exist (kube-proxy) get a conntrack entry and walk the chains jumped to from `nat PREROUTING` like any other new flow (the `%s` rows). ", PathTracked)
 	p("node-cache's own NOTRACK table (the counterpart of node-local-dns's iptables `raw` rules, without iptables) exempts the cache's address and port before conntrack, so the default rows create no conntrack entry and skip the nat chains; the cache's own upstream queries stay tracked.\n\n")
 
+	p("Flatness is judged net of straight-to-cache: that path meets no Service rule (no DNAT, and NOTRACK keeps it out of the nat chains), so what its median moves between rule counts is the machine drifting between their blocks of the run (a few µs either way on this VM, even with the counts interleaved), and a path's own growth with the rules is what it grows beyond that. Both figures are shown.\n\n")
 	p("### Targets\n\n| Target | Measured | Verdict |\n|---|---|---|\n")
 	for _, t := range rep.targets() {
 		p("| %s | %s | %s |\n", t.what, t.value, t.verdict)

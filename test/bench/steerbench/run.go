@@ -172,20 +172,38 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if out, err := exec.Command(e.nodeBin, "--version").Output(); err == nil {
 		rep.Version = strings.TrimSpace(string(out))
 	}
+	// Rounds go over every rule count in turn, so that the machine's
+	// drift over the run (a few µs per query, either way) lands on every
+	// count alike instead of on whichever was measured first.
+	acc := map[int]*accum{}
 	for _, n := range cfg.Rules {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		acc[n] = newAccum(n)
+	}
+	for round := 0; round < cfg.Rounds; round++ {
+		// Each round starts at another count: what a position in the
+		// round costs (following the removal of 10,000 rules, say) is
+		// spread over the counts too.
+		for k := range cfg.Rules {
+			n := cfg.Rules[(round+k)%len(cfg.Rules)]
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(os.Stderr, "steerbench: round %d/%d, %d Service rules\n", round+1, cfg.Rounds, n)
+			if err := installIptables(n, e.dnatVIP, e.local); err != nil {
+				return nil, err
+			}
+			err := e.measure(ctx, acc[n])
+			removeIptables()
+			if err != nil {
+				return nil, err
+			}
+			// Deleting thousands of rules leaves the kernel freeing them
+			// in the background for a while; the next count would pay.
+			bench.WaitIdle(ctx, []int{cfg.ClientCPU, cfg.ServerCPU}, 10*time.Second)
 		}
-		fmt.Fprintf(os.Stderr, "steerbench: %d Service rules\n", n)
-		if err := installIptables(n, e.dnatVIP, e.local); err != nil {
-			return nil, err
-		}
-		res, err := e.measure(ctx, n)
-		removeIptables()
-		if err != nil {
-			return nil, err
-		}
-		rep.Results = append(rep.Results, res...)
+	}
+	for _, n := range cfg.Rules {
+		rep.Results = append(rep.Results, acc[n].results()...)
 	}
 	rep.Elapsed = time.Since(rep.Start).Round(time.Second)
 	return rep, nil
@@ -361,49 +379,26 @@ func removeIptables() {
 	}
 }
 
-// measure runs each phase's paths cfg.Rounds times, alternating, each phase
-// against a node-cache of its own configuration.
-func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
-	targets := map[string]netip.AddrPort{
-		PathStraight: netip.AddrPortFrom(e.local, 53),
-		PathSteering: netip.AddrPortFrom(e.vip, 53),
-		PathTracked:  netip.AddrPortFrom(e.vip, 53),
-		PathIptables: netip.AddrPortFrom(e.dnatVIP, 53),
-		PathKernel:   netip.AddrPortFrom(e.vip, 53),
-	}
-	lat := map[string][]time.Duration{}
-	res := map[string]*Result{}
-	for _, ph := range phases {
-		if err := e.startCache(ph.notrack, ph.kernel); err != nil {
-			return nil, err
-		}
-		for _, p := range ph.paths {
-			res[p] = &Result{Path: p, Rules: rules}
-			// Warm-up: the cache entry (with the kernel cache: the name
-			// gets hot), the paths, the CPU frequency.
-			if _, err := e.run(targets[p], 200); err != nil {
-				return nil, fmt.Errorf("%s, warm-up: %w", p, err)
-			}
-		}
-		for round := 0; round < e.cfg.Rounds; round++ {
-			for _, p := range ph.paths {
-				if err := ctx.Err(); err != nil {
-					return nil, err
-				}
-				flushConntrack(e.pod.IP)
-				l, err := e.round(res[p], targets[p])
-				if err != nil {
-					return nil, fmt.Errorf("%s: %w", p, err)
-				}
-				lat[p] = append(lat[p], l...)
-			}
-		}
-	}
+// accum gathers one rule count's samples over the rounds.
+type accum struct {
+	res map[string]*Result
+	lat map[string][]time.Duration
+}
 
+func newAccum(rules int) *accum {
+	a := &accum{res: map[string]*Result{}, lat: map[string][]time.Duration{}}
+	for _, p := range allPaths {
+		a.res[p] = &Result{Path: p, Rules: rules}
+	}
+	return a
+}
+
+// results turns the samples into one Result per path.
+func (a *accum) results() []Result {
 	var out []Result
 	for _, p := range allPaths {
-		r := res[p]
-		l := lat[p]
+		r := *a.res[p]
+		l := a.lat[p]
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
 		if len(l) > 0 {
 			r.Median, r.P90, r.P99 = l[len(l)/2], l[len(l)*90/100], l[len(l)*99/100]
@@ -413,22 +408,72 @@ func (e *env) measure(ctx context.Context, rules int) ([]Result, error) {
 			r.ServerCPU /= time.Duration(r.Queries)
 			r.Conntrack /= float64(r.Queries)
 		}
-		out = append(out, *r)
+		out = append(out, r)
 	}
-	return out, nil
+	return out
 }
 
-// round sends one round of queries to `to`, adds its counts to r and
-// returns the latencies.
-func (e *env) round(r *Result, to netip.AddrPort) ([]time.Duration, error) {
+// measure runs one round of every path of every phase, each phase against
+// a node-cache of its own configuration, with the paths of a phase
+// alternating.
+func (e *env) measure(ctx context.Context, a *accum) error {
+	targets := map[string]netip.AddrPort{
+		PathStraight: netip.AddrPortFrom(e.local, 53),
+		PathSteering: netip.AddrPortFrom(e.vip, 53),
+		PathTracked:  netip.AddrPortFrom(e.vip, 53),
+		PathIptables: netip.AddrPortFrom(e.dnatVIP, 53),
+		PathKernel:   netip.AddrPortFrom(e.vip, 53),
+	}
+	for _, ph := range phases {
+		if err := e.startCache(ph.notrack, ph.kernel); err != nil {
+			return err
+		}
+		for _, p := range ph.paths {
+			// Warm-up: the cache entry (with the kernel cache: the name
+			// gets hot), the paths, the CPU frequency.
+			if _, err := e.run(targets[p], 200); err != nil {
+				return fmt.Errorf("%s, warm-up: %w", p, err)
+			}
+		}
+		// The paths take turns every chunk of queries: consecutive blocks
+		// of a second or two differ by several µs on a VM, more than the
+		// differences measured here.
+		chunks := max(1, e.cfg.Queries/chunkQueries)
+		for c := 0; c < chunks; c++ {
+			n := e.cfg.Queries / chunks
+			if c == chunks-1 {
+				n = e.cfg.Queries - n*(chunks-1)
+			}
+			for _, p := range ph.paths {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				flushConntrack(e.pod.IP)
+				l, err := e.round(a.res[p], targets[p], n)
+				if err != nil {
+					return fmt.Errorf("%s: %w", p, err)
+				}
+				a.lat[p] = append(a.lat[p], l...)
+			}
+		}
+	}
+	return nil
+}
+
+// chunkQueries is how many queries a path sends before the next path's turn.
+const chunkQueries = 1000
+
+// round sends n queries to `to`, adds its counts to r and returns the
+// latencies.
+func (e *env) round(r *Result, to netip.AddrPort, n int) ([]time.Duration, error) {
 	before := e.serverCPU()
-	st, err := e.run(to, e.cfg.Queries)
+	st, err := e.run(to, n)
 	if err != nil {
 		return nil, err
 	}
 	r.ServerCPU += e.serverCPU() - before
 	r.ClientCPU += st.cpu
-	r.Queries += e.cfg.Queries
+	r.Queries += n
 	r.Failed += st.failed
 	if r.FirstErr == "" && st.firstErr != nil {
 		r.FirstErr = st.firstErr.Error()
