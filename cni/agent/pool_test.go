@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -692,5 +693,47 @@ func TestUnclaimedExclusiveENIDeleted(t *testing.T) {
 	})
 	if s := p.Status(api.ModeExclusive); s.ENIs != 0 {
 		t.Fatalf("pool still holds %d ENIs", s.ENIs)
+	}
+}
+
+// TestLeakLoop: every interval, the addresses of pods gone from the node
+// (and older than the interval) are released and cleaned up on the host;
+// the live pods' addresses stay; the loop ends with its context.
+func TestLeakLoop(t *testing.T) {
+	f := newFake(10)
+	p, _ := newTestPool(t, f, f, 0, 10, Limits{ENIs: 4, IPsPerENI: 10})
+	run(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i, pod := range []string{"live", "gone", "also-gone"} {
+		if _, err := p.Alloc(ctx, api.AllocRequest{Key: key(i), Mode: api.ModeVeth, PodNamespace: "ns", PodName: pod}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var cleaned []string
+	p.HostCleanup = func(a api.Allocation) { mu.Lock(); cleaned = append(cleaned, a.PodName); mu.Unlock() }
+	loopCtx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.LeakLoop(loopCtx, podSet{"ns/live": true}, 50*time.Millisecond); close(done) }()
+	waitFor(t, "the gone pods' addresses to be released", func() bool { return len(p.Allocations()) == 1 })
+	if a := p.Allocations(); a[0].PodName != "live" {
+		t.Fatalf("kept %+v, want the live pod's", a)
+	}
+	mu.Lock()
+	sort.Strings(cleaned)
+	got := strings.Join(cleaned, ",")
+	mu.Unlock()
+	if got != "also-gone,gone" {
+		t.Errorf("host cleanup for %q, want also-gone,gone", got)
+	}
+	if err := p.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("LeakLoop did not end with its context")
 	}
 }
