@@ -164,8 +164,10 @@ func (c *Cache) Close() error {
 }
 
 // Attach puts the program on an interface: on its ingress for the host end
-// of a pod's veth (answers leave through the same device), on its egress for
-// an interface inside the pod (answers come back in on it). It prefers tcx
+// of a pod's veth (answers go straight into the pod end's ingress when that
+// is in another namespace, as a pod's is, or else leave through the same
+// device), on its egress for an interface inside the pod (answers come back
+// in on it). It prefers tcx
 // and falls back to a clsact qdisc on kernels without it.
 func (c *Cache) Attach(ifindex int, egress bool) error {
 	ap := attachPoint{ifindex, egress}
@@ -175,8 +177,11 @@ func (c *Cache) Attach(ifindex int, egress bool) error {
 		return nil
 	}
 	prog, attach := c.objs.KcIngress, ebpf.AttachTCXIngress
-	if egress {
+	switch {
+	case egress:
 		prog, attach = c.objs.KcEgress, ebpf.AttachTCXEgress
+	case peerInOtherNetns(ifindex):
+		prog = c.objs.KcIngressPeer
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach, Anchor: link.Head()})
 	if errors.Is(err, ebpf.ErrNotSupported) {
@@ -192,6 +197,18 @@ func (c *Cache) Attach(ifindex int, egress bool) error {
 	}
 	c.links[ap] = l
 	return nil
+}
+
+// peerInOtherNetns reports whether ifindex is a veth whose other end is in
+// another network namespace (the kernel then reports the peer's namespace,
+// IFLA_LINK_NETNSID): a pod's veth seen from the host.
+func peerInOtherNetns(ifindex int) bool {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	_, veth := l.(*netlink.Veth)
+	return veth && l.Attrs().NetNsID >= 0
 }
 
 // Detach removes the program from an interface; detaching where it is not

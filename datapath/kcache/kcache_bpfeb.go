@@ -99,8 +99,9 @@ type kcacheSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kcacheProgramSpecs struct {
-	KcEgress  *ebpf.ProgramSpec `ebpf:"kc_egress"`
-	KcIngress *ebpf.ProgramSpec `ebpf:"kc_ingress"`
+	KcEgress      *ebpf.ProgramSpec `ebpf:"kc_egress"`
+	KcIngress     *ebpf.ProgramSpec `ebpf:"kc_ingress"`
+	KcIngressPeer *ebpf.ProgramSpec `ebpf:"kc_ingress_peer"`
 }
 
 // kcacheMapSpecs contains maps before they are loaded into the kernel.
@@ -167,14 +168,16 @@ type kcacheVariables struct {
 //
 // It can be passed to loadKcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kcachePrograms struct {
-	KcEgress  *ebpf.Program `ebpf:"kc_egress"`
-	KcIngress *ebpf.Program `ebpf:"kc_ingress"`
+	KcEgress      *ebpf.Program `ebpf:"kc_egress"`
+	KcIngress     *ebpf.Program `ebpf:"kc_ingress"`
+	KcIngressPeer *ebpf.Program `ebpf:"kc_ingress_peer"`
 }
 
 func (p *kcachePrograms) Close() error {
 	return _KcacheClose(
 		p.KcEgress,
 		p.KcIngress,
+		p.KcIngressPeer,
 	)
 }
 

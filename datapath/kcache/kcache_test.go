@@ -215,6 +215,11 @@ func TestAnswers(t *testing.T) {
 			if tc.stat != nil && tc.stat(after) != tc.stat(before)+1 {
 				t.Errorf("counter did not move: before %+v after %+v", before, after)
 			}
+			// The program for a pod's veth seen from the host (answers
+			// redirected into the pod end) decides and rewrites alike.
+			if pret, pout := runProg(t, c.objs.KcIngressPeer, in); pret != ret || !bytes.Equal(pout, out) {
+				t.Errorf("kc_ingress_peer: verdict %d and frame\n% x\nwhere kc_ingress gives %d and\n% x", int32(pret), pout, int32(ret), out)
+			}
 			if !tc.answer {
 				if ret != actUnspec {
 					t.Fatalf("verdict %d, want pass (-1)", int32(ret))

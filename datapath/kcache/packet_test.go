@@ -177,9 +177,15 @@ func parseFrame(t *testing.T, b []byte) parsed {
 // frame as the program left it.
 func run(t testing.TB, c *Cache, in []byte) (uint32, []byte) {
 	t.Helper()
+	return runProg(t, c.objs.KcIngress, in)
+}
+
+// runProg runs prog on a frame (see run).
+func runProg(t testing.TB, prog *ebpf.Program, in []byte) (uint32, []byte) {
+	t.Helper()
 	out := make([]byte, 2048)
 	opts := &ebpf.RunOptions{Data: in, DataOut: out}
-	ret, err := c.objs.KcIngress.Run(opts)
+	ret, err := prog.Run(opts)
 	if err != nil {
 		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}
