@@ -216,11 +216,7 @@ func (e *entry) render(dst []byte, a *answer, now int64) []byte {
 		binary.BigEndian.PutUint16(out[10:], 0)
 	}
 	if a.hasOPT {
-		var ext uint16
-		if a.do {
-			ext = ednsDO
-		}
-		dst = append(dst, 0, 0, typeOPT, byte(ednsAdvertise>>8), byte(ednsAdvertise&0xFF), 0, 0, byte(ext>>8), byte(ext), 0, 0)
+		dst = appendOPT(dst, a.do)
 		out = dst[start:]
 		binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])+1)
 	}

@@ -1,7 +1,6 @@
 package nodecache
 
 import (
-	"encoding/binary"
 	"time"
 
 	"github.com/coredns/coredns/plugin/metrics/vars"
@@ -104,7 +103,7 @@ func (c *NodeCache) fetchAsync(f *flight, mw *missWaiter, server string) {
 		switch {
 		case err != nil:
 			c.flights.land(f, result{err: err})
-		case len(resp.Question) != 1 || resp.Question[0].Qtype != f.k.qtype || resp.Question[0].Qclass != f.k.qclass:
+		case !answersKey(resp, f.k):
 			c.flights.land(f, result{err: errMismatch})
 		default:
 			c.flights.land(f, c.store(f.k, resp, server))
@@ -115,22 +114,11 @@ func (c *NodeCache) fetchAsync(f *flight, mw *missWaiter, server string) {
 // upstreamQuery packs the query fetch would send: RD, the client's CD,
 // EDNS0 with our UDP size and the client's DO.
 func upstreamQuery(name []byte, qtype, qclass uint16, cd, do bool) []byte {
-	b := make([]byte, headerLen, headerLen+len(name)+4+11)
 	flags := uint16(flagRD)
 	if cd {
 		flags |= flagCD
 	}
-	binary.BigEndian.PutUint16(b[2:], flags)
-	binary.BigEndian.PutUint16(b[4:], 1)  // QDCOUNT
-	binary.BigEndian.PutUint16(b[10:], 1) // ARCOUNT: the OPT
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint16(b, qtype)
-	b = binary.BigEndian.AppendUint16(b, qclass)
-	var ext uint16
-	if do {
-		ext = ednsDO
-	}
-	return append(b, 0, 0, typeOPT, byte(ednsAdvertise>>8), byte(ednsAdvertise&0xFF), 0, 0, byte(ext>>8), byte(ext), 0, 0)
+	return packQuestion(0, flags, name, qtype, qclass, true, do)
 }
 
 // land answers the client with the flight's result. It runs on whatever
@@ -198,20 +186,5 @@ func (mw *missWaiter) servable(e *entry) bool {
 // servfail is the reply CoreDNS's server writes when a plugin fails:
 // SERVFAIL echoing the question, RD and CD, with OPT if the query had one.
 func (mw *missWaiter) servfail() []byte {
-	b := make([]byte, headerLen, headerLen+len(mw.name)+4+11)
-	binary.BigEndian.PutUint16(b[0:], mw.id)
-	binary.BigEndian.PutUint16(b[2:], flagQR|mw.flags&(flagRD|flagCD)|dns.RcodeServerFailure)
-	binary.BigEndian.PutUint16(b[4:], 1)
-	b = append(b, mw.name...)
-	b = binary.BigEndian.AppendUint16(b, mw.qtype)
-	b = binary.BigEndian.AppendUint16(b, mw.qclass)
-	if mw.hasOPT {
-		binary.BigEndian.PutUint16(b[10:], 1)
-		var ext uint16
-		if mw.do {
-			ext = ednsDO
-		}
-		b = append(b, 0, 0, typeOPT, byte(ednsAdvertise>>8), byte(ednsAdvertise&0xFF), 0, 0, byte(ext>>8), byte(ext), 0, 0)
-	}
-	return b
+	return packQuestion(mw.id, flagQR|mw.flags&(flagRD|flagCD)|dns.RcodeServerFailure, mw.name, mw.qtype, mw.qclass, mw.hasOPT, mw.do)
 }

@@ -8,7 +8,6 @@ package nodecache
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"time"
 
@@ -300,11 +299,21 @@ func (c *NodeCache) fetch(k key, r *dns.Msg, server string) result {
 	if err != nil {
 		return result{err: err}
 	}
-	if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, q.Name) ||
-		resp.Question[0].Qtype != q.Qtype || resp.Question[0].Qclass != q.Qclass {
+	if !answersKey(resp, k) {
 		return result{err: errMismatch}
 	}
 	return c.store(k, resp, server)
+}
+
+// answersKey reports whether resp's one question is k's: name (in any
+// letter case), type and class.
+func answersKey(resp *dns.Msg, k key) bool {
+	if len(resp.Question) != 1 || resp.Question[0].Qtype != k.qtype || resp.Question[0].Qclass != k.qclass {
+		return false
+	}
+	var buf, low [maxName + 1]byte
+	n, err := dns.PackDomainName(resp.Question[0].Name, buf[:], 0, nil, false)
+	return err == nil && string(lowerName(low[:], buf[:n])) == string(k.name)
 }
 
 // store turns an upstream response into an entry, caching it when allowed.

@@ -177,6 +177,33 @@ func lowerName(dst, src []byte) []byte {
 	return dst
 }
 
+// appendOPT appends our EDNS0 OPT record: UDP size ednsAdvertise, version 0,
+// the DO bit as given, no options.
+func appendOPT(b []byte, do bool) []byte {
+	var ext uint16
+	if do {
+		ext = ednsDO
+	}
+	return append(b, 0, 0, typeOPT, byte(ednsAdvertise>>8), byte(ednsAdvertise&0xFF), 0, 0, byte(ext>>8), byte(ext), 0, 0)
+}
+
+// packQuestion packs a message of a header (id, flags), the one question
+// (name in wire form) and, if opt, our OPT record.
+func packQuestion(id, flags uint16, name []byte, qtype, qclass uint16, opt, do bool) []byte {
+	b := make([]byte, headerLen, headerLen+len(name)+4+11)
+	binary.BigEndian.PutUint16(b[0:], id)
+	binary.BigEndian.PutUint16(b[2:], flags)
+	binary.BigEndian.PutUint16(b[4:], 1) // QDCOUNT
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint16(b, qtype)
+	b = binary.BigEndian.AppendUint16(b, qclass)
+	if opt {
+		binary.BigEndian.PutUint16(b[10:], 1) // ARCOUNT
+		b = appendOPT(b, do)
+	}
+	return b
+}
+
 // ttlOffsets walks a packed response and returns the offset of the TTL field
 // of every resource record in the answer, authority and additional sections,
 // skipping OPT. It is the one full parse an entry costs, done at insert.

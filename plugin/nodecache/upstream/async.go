@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -73,14 +74,14 @@ func (p *Pool) ExchangeAsync(wire []byte, deadline time.Time, done func(*dns.Msg
 // questionOfWire reads the question of a packed query.
 func questionOfWire(wire []byte) (question, error) {
 	if len(wire) < dnsHeaderLen || binary.BigEndian.Uint16(wire[4:]) != 1 {
-		return question{}, fmt.Errorf("not a one-question query")
+		return question{}, errors.New("not a one-question query")
 	}
 	name, off, err := dns.UnpackDomainName(wire, dnsHeaderLen)
 	if err != nil {
 		return question{}, fmt.Errorf("query name: %w", err)
 	}
 	if off+4 > len(wire) {
-		return question{}, fmt.Errorf("query truncated in its question")
+		return question{}, errors.New("query truncated in its question")
 	}
 	if len(wire) > dns.MaxMsgSize {
 		return question{}, fmt.Errorf("query of %d bytes is too large", len(wire))
