@@ -33,8 +33,7 @@ import (
 type instanceBlocks struct {
 	mu     sync.Mutex
 	blocks []*NodeCache
-	zones  map[string]map[string]int // port → zone → server blocks (keys) with it
-	ready  bool                      // zones read from the started instance
+	zones  map[string]map[string]int // port → zone → server blocks (keys) with it; nil until started
 }
 
 type instanceBlocksKey struct{}
@@ -82,7 +81,7 @@ func onInstanceStartup(ev caddy.EventName, info interface{}) error {
 		return nil
 	}
 	ib.mu.Lock()
-	ib.zones, ib.ready = zones, true
+	ib.zones = zones
 	blocks := append([]*NodeCache(nil), ib.blocks...)
 	ib.mu.Unlock()
 
@@ -144,7 +143,7 @@ func (ib *instanceBlocks) routesFor(addr string) *routeTable {
 	}
 	ib.mu.Lock()
 	defer ib.mu.Unlock()
-	if !ib.ready {
+	if ib.zones == nil {
 		return nil
 	}
 	rt := &routeTable{zones: map[string]*NodeCache{}}
