@@ -82,6 +82,12 @@ func packQueries(names []string) ([][]byte, error) {
 	return out, nil
 }
 
+// positiveAnswer reports whether the message b (at least a header) is a
+// response with NOERROR and at least one answer record.
+func positiveAnswer(b []byte) bool {
+	return b[2]&0x80 != 0 && b[3]&0x0f == dns.RcodeSuccess && binary.BigEndian.Uint16(b[6:]) != 0
+}
+
 // runLatGen sends total queries to addr at a fixed rate, cycling through the
 // pre-packed queries, spread over nsock connected UDP sockets, and measures the
 // latency of every response. It is a small, open-loop (rate-paced, not
@@ -146,9 +152,7 @@ func runLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 					continue // duplicate or unexpected response
 				}
 				recvd.Add(1)
-				rcode := buf[3] & 0x0f
-				ancount := binary.BigEndian.Uint16(buf[6:])
-				if buf[2]&0x80 == 0 || rcode != dns.RcodeSuccess || ancount == 0 {
+				if !positiveAnswer(buf) {
 					s.bad++
 					continue
 				}
@@ -314,8 +318,7 @@ func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int,
 			}
 			lastReply = time.Now()
 			lat := lastReply.Sub(start)
-			rcode := rbuf[3] & 0x0f
-			if rbuf[2]&0x80 == 0 || rcode != dns.RcodeSuccess || binary.BigEndian.Uint16(rbuf[6:]) == 0 {
+			if !positiveAnswer(rbuf) {
 				res.Bad++
 			} else {
 				res.lats = append(res.lats, lat)
