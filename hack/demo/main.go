@@ -43,10 +43,10 @@ func run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("bringing the node up: %w", err)
 	}
-	down := func() error { return n.Down() }
+	down := false
 	defer func() {
-		if down != nil {
-			if derr := down(); derr != nil && err == nil {
+		if !down {
+			if derr := n.Down(); derr != nil && err == nil {
 				err = fmt.Errorf("5. teardown: %w", derr)
 			}
 		}
@@ -116,7 +116,7 @@ func run(ctx context.Context) (err error) {
 
 	// 5.
 	t1 := time.Now()
-	down = nil
+	down = true
 	if err := n.Down(); err != nil {
 		return fmt.Errorf("5. teardown: %w", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/node"
 )
@@ -261,10 +262,10 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/run/netns", node.VPCNetns)); err == nil {
 		t.Error("vpc namespace remains")
 	}
-	if m, _ := filepath.Glob(fmt.Sprintf("/run/netns/dnsaccel-pod-%d-*", os.Getpid())); len(m) > 0 {
+	if m, _ := filepath.Glob(fmt.Sprintf("/run/netns/%s%d-*", cnitest.PodNetnsPrefix, os.Getpid())); len(m) > 0 {
 		t.Errorf("pod namespaces remain: %v", m)
 	}
-	if m, _ := filepath.Glob(fmt.Sprintf("/etc/netns/dnsaccel-pod-%d-*", os.Getpid())); len(m) > 0 {
+	if m, _ := filepath.Glob(fmt.Sprintf("/etc/netns/%s%d-*", cnitest.PodNetnsPrefix, os.Getpid())); len(m) > 0 {
 		t.Errorf("/etc/netns files remain: %v", m)
 	}
 	addrs, _ := netlink.AddrList(nil, netlink.FAMILY_V4)

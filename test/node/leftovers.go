@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -116,17 +117,7 @@ func (n *Node) Leftovers() []string {
 			out = append(out, "interface "+name)
 		}
 	}
-	mine := func(a netip.Addr) bool {
-		if VPCCIDR.Contains(a) {
-			return true
-		}
-		for _, x := range m.addrs {
-			if x == a {
-				return true
-			}
-		}
-		return false
-	}
+	mine := func(a netip.Addr) bool { return VPCCIDR.Contains(a) || slices.Contains(m.addrs, a) }
 	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL); err == nil {
 		for _, a := range addrs {
 			if ip, ok := netip.AddrFromSlice(a.IP); ok && mine(ip.Unmap()) {
@@ -143,11 +134,7 @@ func (n *Node) Leftovers() []string {
 	}
 	if routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE); err == nil {
 		for _, r := range routes {
-			own := inNet(r.Dst)
-			for _, t := range m.tables {
-				own = own || r.Table == t
-			}
-			if own {
+			if inNet(r.Dst) || slices.Contains(m.tables, r.Table) {
 				out = append(out, fmt.Sprintf("route %s (table %d)", r, r.Table))
 			}
 		}

@@ -52,6 +52,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -518,7 +519,7 @@ func (n *Node) startCentralDNS(ctx context.Context) error {
 	return n.poll(ctx, "the central CoreDNS answering kubernetes.default.svc.cluster.local", 60*time.Second, n.CentralDNS, func() bool {
 		var ok bool
 		_ = n.Central.Do(func() error {
-			r, err := exchange(netip.AddrPortFrom(n.VIP, 53), "kubernetes.default.svc.cluster.local.", dns.TypeA, 300*time.Millisecond)
+			r, _, err := steertest.Query(netip.AddrPortFrom(n.VIP, 53), "kubernetes.default.svc.cluster.local.", false, 300*time.Millisecond)
 			ok = err == nil && firstA(r) == "10.96.0.1"
 			return nil
 		})
@@ -666,9 +667,9 @@ func (n *Node) startPvtzSync(ctx context.Context) error {
 		return err
 	}
 	// The Service's record answers in the VPC's resolver.
-	name := ServiceName + "." + ServiceNamespace + "." + Zone + "."
+	name := PrivateZoneName() + "."
 	return n.poll(ctx, name+" in PrivateZone", 30*time.Second, n.PvtzSync, func() bool {
-		r, err := exchange(netip.MustParseAddrPort(n.PvtzDNS), name, dns.TypeA, 300*time.Millisecond)
+		r, _, err := steertest.Query(netip.MustParseAddrPort(n.PvtzDNS), name, false, 300*time.Millisecond)
 		return err == nil && firstA(r) == n.ServiceIP.String()
 	})
 }
@@ -773,39 +774,31 @@ func appendNew(s []uint32, v ...uint32) []uint32 {
 	return s
 }
 
-// recordENIs notes the host's ENI interfaces and their route tables.
+// recordENIs notes the host's ENI interfaces and their route tables: the
+// primary (recorded when the emulator made it) and those attached for the
+// pods after it, whose MACs are ones the emulator gave out
+// (DescribeNetworkInterfaces is overkill: the pods' allocations name them).
 func (n *Node) recordENIs() {
-	// ENI route tables of the host's ENIs.
 	links, _ := netlink.LinkList()
-	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, "eni") && !strings.HasPrefix(l.Attrs().Name, "enip") && contains(n.made.links, l.Attrs().Name) {
-			n.made.tables = append(n.made.tables, netsetup.TableBase+l.Attrs().Index)
+	var macs []string
+	if al, err := api.NewClient(n.agentSocket).Allocations(context.Background()); err == nil {
+		for _, a := range al {
+			macs = append(macs, strings.ToLower(a.MAC))
 		}
 	}
-	// ENIs attached for the pods after the primary.
 	for _, l := range links {
 		name := l.Attrs().Name
-		if strings.HasPrefix(name, "eni") && !strings.HasPrefix(name, "enip") && !contains(n.made.links, name) && n.ownENI(l) {
+		if !strings.HasPrefix(name, "eni") || strings.HasPrefix(name, "enip") {
+			continue
+		}
+		if !slices.Contains(n.made.links, name) {
+			if !slices.Contains(macs, strings.ToLower(l.Attrs().HardwareAddr.String())) {
+				continue
+			}
 			n.made.links = append(n.made.links, name)
-			n.made.tables = append(n.made.tables, netsetup.TableBase+l.Attrs().Index)
 		}
+		n.made.tables = append(n.made.tables, netsetup.TableBase+l.Attrs().Index)
 	}
-}
-
-// ownENI reports whether a host interface is one of this node's ENIs: its
-// MAC is one the emulator gave out (DescribeNetworkInterfaces is overkill:
-// the pods' allocations name them).
-func (n *Node) ownENI(l netlink.Link) bool {
-	al, err := api.NewClient(n.agentSocket).Allocations(context.Background())
-	if err != nil {
-		return false
-	}
-	for _, a := range al {
-		if strings.EqualFold(a.MAC, l.Attrs().HardwareAddr.String()) {
-			return true
-		}
-	}
-	return false
 }
 
 // KillNodeCache sends node-cache SIGKILL and waits until it is gone.
@@ -963,15 +956,6 @@ func httpBody(url string) (string, error) {
 	return b, err
 }
 
-// exchange sends one query from a fresh socket in the calling thread's
-// namespace.
-func exchange(to netip.AddrPort, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	r, _, err := (&dns.Client{Timeout: timeout}).Exchange(m, to.String())
-	return r, err
-}
-
 func firstA(r *dns.Msg) string {
 	if r == nil {
 		return ""
@@ -986,15 +970,6 @@ func firstA(r *dns.Msg) string {
 
 func host32(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func linkNames() (map[string]bool, error) {

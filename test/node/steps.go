@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os/exec"
 	"regexp"
@@ -222,40 +221,20 @@ func (n *Node) Source(p *Pod, name string) (netip.AddrPort, string, error) {
 	return from, ans, qerr
 }
 
+// rawQuery asks for name's A record from an unconnected UDP socket and
+// returns the reply's source and its first A (answer or additional
+// section: whoami answers there).
 func rawQuery(to netip.AddrPort, name string, timeout time.Duration) (netip.AddrPort, string, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	wire, err := m.Pack()
+	r, src, err := steertest.Query(to, name, false, timeout)
 	if err != nil {
 		return netip.AddrPort{}, "", err
 	}
-	pc, err := net.ListenUDP("udp4", nil)
-	if err != nil {
-		return netip.AddrPort{}, "", err
-	}
-	defer pc.Close()
-	_ = pc.SetDeadline(time.Now().Add(timeout))
-	if _, err := pc.WriteToUDPAddrPort(wire, to); err != nil {
-		return netip.AddrPort{}, "", err
-	}
-	buf := make([]byte, 4096)
-	for {
-		k, from, err := pc.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return netip.AddrPort{}, "", err
+	for _, rr := range append(append([]dns.RR{}, r.Answer...), r.Extra...) {
+		if a, ok := rr.(*dns.A); ok {
+			return src, a.A.String(), nil
 		}
-		r := new(dns.Msg)
-		if r.Unpack(buf[:k]) != nil || r.Id != m.Id {
-			continue
-		}
-		src := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		for _, rr := range append(append([]dns.RR{}, r.Answer...), r.Extra...) {
-			if a, ok := rr.(*dns.A); ok {
-				return src, a.A.String(), nil
-			}
-		}
-		return src, "", fmt.Errorf("%s: no A record (%s)", name, dns.RcodeToString[r.Rcode])
 	}
+	return src, "", fmt.Errorf("%s: no A record (%s)", name, dns.RcodeToString[r.Rcode])
 }
 
 var whoamiSeq atomic.Int64
@@ -330,13 +309,13 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 	if r.Short, err = n.Getent(ctx, p, ServiceName); err != nil {
 		return r, err
 	}
-	if !containsStr(r.Short.Addrs, n.ServiceIP.String()) {
+	if !slices.Contains(r.Short.Addrs, n.ServiceIP.String()) {
 		return r, fmt.Errorf("getent ahosts %s: %v, want %s", ServiceName, r.Short.Addrs, n.ServiceIP)
 	}
 	if r.External, err = n.Getent(ctx, p, PrivateZoneName()); err != nil {
 		return r, err
 	}
-	if !containsStr(r.External.Addrs, n.ServiceIP.String()) {
+	if !slices.Contains(r.External.Addrs, n.ServiceIP.String()) {
 		return r, fmt.Errorf("getent ahosts %s: %v, want %s", PrivateZoneName(), r.External.Addrs, n.ServiceIP)
 	}
 	if len(r.External.Queries) != 2 {
@@ -347,7 +326,7 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 	if r.NoAutopath, err = n.Getent(ctx, n.Pods[1], PrivateZoneName()); err != nil {
 		return r, err
 	}
-	if !containsStr(r.NoAutopath.Addrs, n.ServiceIP.String()) || len(r.NoAutopath.Queries) != 8 {
+	if !slices.Contains(r.NoAutopath.Addrs, n.ServiceIP.String()) || len(r.NoAutopath.Queries) != 8 {
 		return r, fmt.Errorf("getent ahosts %s in %s (no autopath): %v with %d queries (%v), want %s with 8", PrivateZoneName(), n.Pods[1].Name,
 			r.NoAutopath.Addrs, len(r.NoAutopath.Queries), r.NoAutopath.Queries, n.ServiceIP)
 	}
@@ -377,6 +356,8 @@ func (n *Node) ResolveFromPod(ctx context.Context) (Resolve, error) {
 	return r, nil
 }
 
+func offloadHits(m Metrics) float64 { return m.Sum("coredns_nodecache_offload_hits_total", "") }
+
 // Kernel is what the in-kernel cache answered.
 type Kernel struct {
 	On         bool          // node-cache runs it (the kernel can)
@@ -401,7 +382,7 @@ func (n *Node) kernelAnswers(p *Pod, k int) (Kernel, error) {
 	kc.On, kc.Interfaces = true, on.Interfaces
 	hits := func() (float64, error) {
 		m, err := n.NodeCacheMetricsNow()
-		return m.Sum("coredns_nodecache_offload_hits_total", ""), err
+		return offloadHits(m), err
 	}
 	vip := netip.AddrPortFrom(n.VIP, 53)
 	deadline := time.Now().Add(10 * time.Second)
@@ -430,10 +411,6 @@ func (n *Node) kernelAnswers(p *Pod, k int) (Kernel, error) {
 			return kc, fmt.Errorf("the kernel cache never answered %s", ServiceFQDN())
 		}
 	}
-	before, err := hits()
-	if err != nil {
-		return kc, err
-	}
 	m0, err := n.NodeCacheMetricsNow()
 	if err != nil {
 		return kc, err
@@ -459,15 +436,11 @@ func (n *Node) kernelAnswers(p *Pod, k int) (Kernel, error) {
 	if qerr != nil {
 		return kc, qerr
 	}
-	after, err := hits()
-	if err != nil {
-		return kc, err
-	}
 	m1, err := n.NodeCacheMetricsNow()
 	if err != nil {
 		return kc, err
 	}
-	kc.Queries, kc.Hits = k, after-before
+	kc.Queries, kc.Hits = k, offloadHits(m1)-offloadHits(m0)
 	kc.UserSpace = m1.Sum("coredns_dns_requests_total", "") - m0.Sum("coredns_dns_requests_total", "")
 	slices.Sort(rtts)
 	kc.Median = rtts[len(rtts)/2]
@@ -597,13 +570,4 @@ func (n *Node) PrivateZoneRecords(ctx context.Context) (Records, error) {
 		return r, fmt.Errorf("pvtzctl diff: %v (exit 1: drift)\n%s", err, out)
 	}
 	return r, nil
-}
-
-func containsStr(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
