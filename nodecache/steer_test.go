@@ -20,8 +20,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -175,37 +173,6 @@ func (s *steerSetup) notrackOwners(t *testing.T) []string {
 	return owners
 }
 
-// trackConnections makes the host's namespace track connections while the
-// test runs, as kube-proxy's nat rules do on a node: a ct expression in an
-// nftables table of the test's own (conntrack's hooks are registered per
-// namespace, on demand).
-func trackConnections(t *testing.T) {
-	t.Helper()
-	name := testTableName("dnsaccel-test-ct")
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := c.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
-	for _, hook := range []*nftables.ChainHook{nftables.ChainHookPrerouting, nftables.ChainHookOutput} {
-		ch := c.AddChain(&nftables.Chain{Name: fmt.Sprintf("h%d", *hook), Table: tb, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: nftables.ChainPriorityFilter})
-		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
-			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{byte(expr.CtStateBitNEW), 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Counter{},
-		}})
-	}
-	if err := c.Flush(); err != nil {
-		t.Skipf("nftables not available: %v", err)
-	}
-	t.Cleanup(func() {
-		if _, err := (notrack.Table{Name: name}).Remove(); err != nil {
-			t.Errorf("removing table inet %s: %v", name, err)
-		}
-	})
-}
-
 // conntrackFlows are the host's conntrack entries as "proto src -> dst:port".
 func conntrackFlows(t *testing.T) []string {
 	t.Helper()
@@ -341,7 +308,7 @@ func pinnedIDs(t *testing.T, bpffs string) (ids []string, stillThere func() erro
 // removes everything.
 func TestSteerFromPods(t *testing.T) {
 	s := newSteerSetup(t)
-	trackConnections(t)
+	steertest.TrackConnections(t, 0)
 	zone := dnstest.NewZone(t)
 	zone.Add(t, cacheOnlyName+" 30 IN A "+cacheOnlyAnswer)
 	metrics := freeAddr(t)

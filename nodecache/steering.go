@@ -1,6 +1,7 @@
 package nodecache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -384,10 +385,7 @@ func (s *Steer) localAddrs() []netip.Addr {
 }
 
 func (s *Steer) notrackTable() notrack.Table {
-	if s.NotrackTable == "" {
-		return notrack.Table{Name: notrack.DefaultTable}
-	}
-	return notrack.Table{Name: s.NotrackTable}
+	return notrack.Table{Name: cmp.Or(s.NotrackTable, notrack.DefaultTable)}
 }
 
 // Cleanup removes everything steering set up: every program, link, map and
@@ -450,9 +448,8 @@ type steering struct {
 	// notrackOn mirrors it for the metrics.
 	nt        *notrack.Owner
 	notrackOn atomic.Bool
-	// handedOver is how handover ended: "" (not run, or neither taken
-	// over nor expired), "successor" or "expired".
-	handedOver string
+	// expired: handover ended with the heartbeat expired (no successor).
+	expired bool
 }
 
 // startSteering sets up the addresses and attaches (or adopts) the eBPF
@@ -532,17 +529,18 @@ func (s *steering) releaseNotrack() {
 	s.nt = nil
 	s.notrackOn.Store(false)
 	neverServed := s.cancel == nil // no heartbeat was ever started
-	if s.handedOver != "expired" && !(neverServed && nt.Created()) {
+	if !s.expired && !(neverServed && nt.Created()) {
 		return
 	}
 	removed, err := nt.Release()
+	table := "inet " + s.cfg.notrackTable().Name
 	switch {
 	case err != nil:
-		s.log.Warn("removing the NOTRACK table", "table", "inet "+s.cfg.notrackTable().Name, "err", err)
+		s.log.Warn("removing the NOTRACK table", "table", table, "err", err)
 	case removed:
-		s.log.Info("removed the NOTRACK table: no node-cache serves after this one", "table", "inet "+s.cfg.notrackTable().Name)
+		s.log.Info("removed the NOTRACK table: no node-cache serves after this one", "table", table)
 	default:
-		s.log.Info("NOTRACK table kept: another node-cache has taken it over", "table", "inet "+s.cfg.notrackTable().Name)
+		s.log.Info("NOTRACK table kept: another node-cache has taken it over", "table", table)
 	}
 }
 
@@ -591,13 +589,12 @@ func (s *steering) handover() {
 	for time.Now().Before(deadline) {
 		if s.dp.BeatenByOther() {
 			s.log.Info("handover: another node-cache keeps the heartbeat; draining", "for", drainTime.String())
-			s.handedOver = "successor"
 			time.Sleep(drainTime)
 			return
 		}
 		if !s.dp.Fresh() {
 			s.log.Info("handover: heartbeat expired, pods query the cluster DNS; draining", "for", drainTime.String())
-			s.handedOver = "expired"
+			s.expired = true
 			time.Sleep(drainTime)
 			return
 		}

@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 )
 
 func TestDescribe(t *testing.T) {
@@ -113,30 +114,6 @@ func (n *netNS) addAddr(t *testing.T, a netip.Addr) {
 			t.Fatalf("%s on lo: %v", a, err)
 		}
 	})
-}
-
-// trackAll makes the namespace track connections, as a node with
-// kube-proxy's nat rules does: a rule with a ct expression in a table of
-// its own (conntrack's hooks are registered per namespace, on demand).
-func (n *netNS) trackAll(t *testing.T) {
-	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.h)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := c.AddTable(&nftables.Table{Name: "test-conntrack", Family: nftables.TableFamilyINet})
-	for _, hook := range []*nftables.ChainHook{nftables.ChainHookPrerouting, nftables.ChainHookOutput} {
-		ch := c.AddChain(&nftables.Chain{Name: fmt.Sprintf("h%d", *hook), Table: tb, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: nftables.ChainPriorityFilter})
-		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
-			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{byte(expr.CtStateBitNEW), 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Counter{},
-		}})
-	}
-	if err := c.Flush(); err != nil {
-		t.Skipf("nftables not available in this kernel: %v", err)
-	}
 }
 
 // flows are the namespace's conntrack entries, by original destination.
@@ -243,7 +220,7 @@ func TestNotrack(t *testing.T) {
 	other := netip.MustParseAddr("127.0.0.1")
 	n.addAddr(t, local4)
 	n.addAddr(t, local6)
-	n.trackAll(t)
+	steertest.TrackConnections(t, int(n.h))
 	tb := Table{Name: "dnsaccel-test", NetNS: int(n.h)}
 
 	o1, err := tb.Ensure([]netip.Addr{local4, local6}, 53)
