@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"regexp"
 	"sync/atomic"
 	"syscall"
@@ -180,12 +179,7 @@ func (a *Agent) startKernelCache() error {
 		}
 		return nil
 	}
-	var addrs []netip.Addr
-	for _, ip := range a.cfg.Steer.LocalIPs {
-		if ad, err := parseHostIP(ip); err == nil {
-			addrs = append(addrs, ad)
-		}
-	}
+	addrs := a.cfg.Steer.localAddrs()
 	ifaces, err := kc.interfaces()
 	if err != nil {
 		return err
