@@ -6,7 +6,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -349,7 +348,7 @@ func upstreamQueries(zone string) (float64, error) {
 	return total, nil
 }
 
-func scrape(url string) (map[string]float64, error) {
+func scrape(url string) (dnstest.Metrics, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -358,31 +357,9 @@ func scrape(url string) (map[string]float64, error) {
 		return nil, fmt.Errorf("metrics %s: %w", url, err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return dnstest.ParseMetrics(resp.Body)
 }
 
-func sum(m map[string]float64, name string) string {
-	t := 0.0
-	for k, v := range m {
-		if k == name || strings.HasPrefix(k, name+"{") {
-			t += v
-		}
-	}
-	return strconv.FormatFloat(t, 'f', 0, 64)
+func sum(m dnstest.Metrics, name string) string {
+	return strconv.FormatFloat(m.Sum(name, ""), 'f', 0, 64)
 }

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/dnstest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
 
@@ -64,43 +64,15 @@ func (n *Node) CheckPods() error {
 }
 
 // Metrics is a scrape of node-cache's /metrics: name{labels} -> value.
-type Metrics map[string]float64
+type Metrics = dnstest.Metrics
 
-// Sum adds every series of a metric (optionally only those whose labels
-// contain match).
-func (m Metrics) Sum(name, match string) float64 {
-	t := 0.0
-	for k, v := range m {
-		if (k == name || strings.HasPrefix(k, name+"{")) && strings.Contains(k, match) {
-			t += v
-		}
-	}
-	return t
-}
-
-// NodeCacheMetrics scrapes node-cache.
+// NodeCacheMetricsNow scrapes node-cache.
 func (n *Node) NodeCacheMetricsNow() (Metrics, error) {
 	b, err := httpBody("http://" + n.NodeCacheMetrics + "/metrics")
 	if err != nil {
 		return nil, err
 	}
-	out := Metrics{}
-	sc := bufio.NewScanner(strings.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return dnstest.ParseMetrics(strings.NewReader(b))
 }
 
 // CacheCounters are node-cache's cache and autopath counters.
