@@ -59,13 +59,15 @@ func NewECS(region, endpoint string, cred auth.Credential) (*ECS, error) {
 	return e, nil
 }
 
-// client takes an SDK client for one call; put it back with the func.
-func (e *ECS) client() (*ecs.Client, func()) {
+// call runs one SDK call (a method expression such as
+// (*ecs.Client).DeleteNetworkInterface) on a client of its own, with the
+// configured scheme.
+func call[Q interface{ SetScheme(string) }, R any](e *ECS, f func(*ecs.Client, Q) (R, error), req Q) (R, error) {
+	req.SetScheme(e.scheme)
 	c := <-e.clients
-	return c, func() { e.clients <- c }
+	defer func() { e.clients <- c }()
+	return f(c, req)
 }
-
-func (e *ECS) prep(r *requests.RpcRequest) { r.Scheme = e.scheme }
 
 // wrap turns SDK errors into *CloudError. A transport error keeps its
 // cause but loses the request URL: the SDK signs in the query string, so
@@ -113,7 +115,6 @@ func parseAddrs(ss []string) []netip.Addr {
 // CreateENI implements Cloud.
 func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 	req := ecs.CreateCreateNetworkInterfaceRequest()
-	e.prep(req.RpcRequest)
 	req.VSwitchId = r.VSwitchID
 	sgs := append([]string(nil), r.SecurityGroups...)
 	req.SecurityGroupIds = &sgs
@@ -124,9 +125,7 @@ func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 	req.Description = "dnsaccel eni-agent"
 	req.ClientToken = r.Token
 	req.SourceDestCheck = requests.NewBoolean(false)
-	c, put := e.client()
-	resp, err := c.CreateNetworkInterface(req)
-	put()
+	resp, err := call(e, (*ecs.Client).CreateNetworkInterface, req)
 	if err != nil {
 		return nil, wrap("CreateNetworkInterface", err)
 	}
@@ -143,46 +142,34 @@ func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 // AttachENI implements Cloud.
 func (e *ECS) AttachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateAttachNetworkInterfaceRequest()
-	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	c, put := e.client()
-	_, err := c.AttachNetworkInterface(req)
-	put()
+	_, err := call(e, (*ecs.Client).AttachNetworkInterface, req)
 	return wrap("AttachNetworkInterface", err)
 }
 
 // DetachENI implements Cloud.
 func (e *ECS) DetachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateDetachNetworkInterfaceRequest()
-	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	c, put := e.client()
-	_, err := c.DetachNetworkInterface(req)
-	put()
+	_, err := call(e, (*ecs.Client).DetachNetworkInterface, req)
 	return wrap("DetachNetworkInterface", err)
 }
 
 // DeleteENI implements Cloud.
 func (e *ECS) DeleteENI(_ context.Context, eniID string) error {
 	req := ecs.CreateDeleteNetworkInterfaceRequest()
-	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId = eniID
-	c, put := e.client()
-	_, err := c.DeleteNetworkInterface(req)
-	put()
+	_, err := call(e, (*ecs.Client).DeleteNetworkInterface, req)
 	return wrap("DeleteNetworkInterface", err)
 }
 
 // AssignIPs implements Cloud.
 func (e *ECS) AssignIPs(_ context.Context, eniID string, n int, token string) ([]netip.Addr, error) {
 	req := ecs.CreateAssignPrivateIpAddressesRequest()
-	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId = eniID
 	req.SecondaryPrivateIpAddressCount = requests.NewInteger(n)
 	req.ClientToken = token
-	c, put := e.client()
-	resp, err := c.AssignPrivateIpAddresses(req)
-	put()
+	resp, err := call(e, (*ecs.Client).AssignPrivateIpAddresses, req)
 	if err != nil {
 		return nil, wrap("AssignPrivateIpAddresses", err)
 	}
@@ -192,16 +179,13 @@ func (e *ECS) AssignIPs(_ context.Context, eniID string, n int, token string) ([
 // UnassignIPs implements Cloud.
 func (e *ECS) UnassignIPs(_ context.Context, eniID string, ips []netip.Addr) error {
 	req := ecs.CreateUnassignPrivateIpAddressesRequest()
-	e.prep(req.RpcRequest)
 	req.NetworkInterfaceId = eniID
 	ss := make([]string, len(ips))
 	for i, a := range ips {
 		ss[i] = a.String()
 	}
 	req.PrivateIpAddress = &ss
-	c, put := e.client()
-	_, err := c.UnassignPrivateIpAddresses(req)
-	put()
+	_, err := call(e, (*ecs.Client).UnassignPrivateIpAddresses, req)
 	return wrap("UnassignPrivateIpAddresses", err)
 }
 
@@ -210,14 +194,11 @@ func (e *ECS) DescribeENIs(_ context.Context, instanceID, name string) ([]ENI, e
 	var out []ENI
 	for page := 1; ; page++ {
 		req := ecs.CreateDescribeNetworkInterfacesRequest()
-		e.prep(req.RpcRequest)
 		req.InstanceId = instanceID
 		req.NetworkInterfaceName = name
 		req.PageSize = requests.NewInteger(100)
 		req.PageNumber = requests.NewInteger(page)
-		c, put := e.client()
-		resp, err := c.DescribeNetworkInterfaces(req)
-		put()
+		resp, err := call(e, (*ecs.Client).DescribeNetworkInterfaces, req)
 		if err != nil {
 			return nil, wrap("DescribeNetworkInterfaces", err)
 		}
@@ -240,11 +221,8 @@ func (e *ECS) DescribeENIs(_ context.Context, instanceID, name string) ([]ENI, e
 // InstanceLimits implements Cloud.
 func (e *ECS) InstanceLimits(_ context.Context, instanceType string) (Limits, error) {
 	req := ecs.CreateDescribeInstanceTypesRequest()
-	e.prep(req.RpcRequest)
 	req.InstanceTypes = &[]string{instanceType}
-	c, put := e.client()
-	resp, err := c.DescribeInstanceTypes(req)
-	put()
+	resp, err := call(e, (*ecs.Client).DescribeInstanceTypes, req)
 	if err != nil {
 		return Limits{}, wrap("DescribeInstanceTypes", err)
 	}
@@ -261,11 +239,8 @@ func (e *ECS) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitch, err
 	var out []VSwitch
 	for _, id := range ids {
 		req := ecs.CreateDescribeVSwitchesRequest()
-		e.prep(req.RpcRequest)
 		req.VSwitchId = id
-		c, put := e.client()
-		resp, err := c.DescribeVSwitches(req)
-		put()
+		resp, err := call(e, (*ecs.Client).DescribeVSwitches, req)
 		if err != nil {
 			return nil, wrap("DescribeVSwitches", err)
 		}

@@ -126,6 +126,12 @@ func (e *poolENI) inUse() int {
 	return n
 }
 
+// readyENI is an exclusive ENI waiting for its ADD, and since when.
+type readyENI struct {
+	id string
+	at time.Time
+}
+
 type block struct {
 	until  time.Time
 	code   string
@@ -148,18 +154,15 @@ type Pool struct {
 	mu            sync.Mutex
 	enis          map[string]*poolENI
 	allocs        map[api.Key]*api.Allocation
-	exclReady     []string // exclusive ENIs created for waiters, not handed out yet
-	exclReadyAt   map[string]time.Time
+	exclReady     []readyENI // exclusive ENIs created for waiters, not handed out yet
 	sharedWaiting int
 	exclWaiting   int
-	creating      int             // creates running (shared and exclusive)
-	exclCreating  int             // of which exclusive
-	inflight      int             // shared addresses the running creates/assigns bring
-	refills       int             // creates/assigns/unassigns running
-	assigning     map[string]bool // ENIs with an assign (or unassign) running
-	assigningN    map[string]int  // addresses those assigns bring
-	retryOps      []*pendingOp    // failed without a definite answer: repeated with their tokens
-	allocTimes    []time.Time     // shared allocations of the last demandWindow
+	creating      int            // creates running (shared and exclusive)
+	exclCreating  int            // of which exclusive
+	inflight      int            // shared addresses the running creates/assigns bring
+	assigning     map[string]int // ENIs with an assign (or unassign) running -> addresses it brings
+	retryOps      []*pendingOp   // failed without a definite answer: repeated with their tokens
+	allocTimes    []time.Time    // shared allocations of the last demandWindow
 	createDur     time.Duration
 	assignDur     time.Duration
 	work          sync.WaitGroup
@@ -187,7 +190,7 @@ func NewPool(cfg PoolConfig, cloud Cloud, meta MetaSource, store *Store, rep Rep
 	}
 	return &Pool{cfg: cfg, cloud: cloud, meta: meta, store: store, rep: rep, log: log, m: m,
 		enis: map[string]*poolENI{}, allocs: map[api.Key]*api.Allocation{}, changed: make(chan struct{}),
-		kick: make(chan struct{}, 1), blocked: map[string]block{}, assigning: map[string]bool{}, assigningN: map[string]int{}, exclReadyAt: map[string]time.Time{}}
+		kick: make(chan struct{}, 1), blocked: map[string]block{}, assigning: map[string]int{}}
 }
 
 func (p *Pool) report(warning bool, reason, msg string) {
@@ -237,6 +240,9 @@ func (p *Pool) idleSharedLocked() int {
 	}
 	return n
 }
+
+// refillsLocked counts the creates, assigns and unassigns running.
+func (p *Pool) refillsLocked() int { return p.creating + len(p.assigning) }
 
 func (p *Pool) maxSecondary() int { return max(0, p.cfg.Limits.ENIs-1) }
 
@@ -418,8 +424,7 @@ func (p *Pool) takeLocked(req api.AllocRequest) *api.Allocation {
 		if len(p.exclReady) == 0 {
 			return nil
 		}
-		eni = p.enis[p.exclReady[0]]
-		delete(p.exclReadyAt, p.exclReady[0])
+		eni = p.enis[p.exclReady[0].id]
 		p.exclReady = p.exclReady[1:]
 		if eni == nil {
 			return nil
@@ -699,7 +704,7 @@ func (p *Pool) step(ctx context.Context) bool {
 		})
 		return true
 	}
-	if now.Before(p.retryAfter) || p.refills >= p.cfg.MaxRefills {
+	if now.Before(p.retryAfter) || p.refillsLocked() >= p.cfg.MaxRefills {
 		p.mu.Unlock()
 		return false
 	}
@@ -712,10 +717,9 @@ func (p *Pool) step(ctx context.Context) bool {
 	}
 	// An exclusive ENI whose ADD gave up waiting is kept a while for the
 	// runtime's retry, then deleted (it counts against the ENI limit).
-	if p.exclWaiting == 0 && len(p.exclReady) > 0 && now.Sub(p.exclReadyAt[p.exclReady[0]]) > p.cfg.UnclaimedENITTL {
-		id := p.exclReady[0]
+	if p.exclWaiting == 0 && len(p.exclReady) > 0 && now.Sub(p.exclReady[0].at) > p.cfg.UnclaimedENITTL {
+		id := p.exclReady[0].id
 		p.exclReady = p.exclReady[1:]
-		delete(p.exclReadyAt, id)
 		delete(p.enis, id)
 		p.toDelete = append(p.toDelete, id)
 		p.log.Info("deleting an exclusive ENI no ADD claimed", "eni", id)
@@ -758,7 +762,7 @@ func (p *Pool) step(ctx context.Context) bool {
 		p.mu.Unlock()
 		return false
 	}
-	if p.refills == 0 && p.sharedWaiting == 0 && idle > p.cfg.MaxIdle+demand {
+	if p.refillsLocked() == 0 && p.sharedWaiting == 0 && idle > p.cfg.MaxIdle+demand {
 		return p.shrinkLocked(ctx, idle-p.cfg.MaxIdle-demand) // unlocks
 	}
 	p.mu.Unlock()
@@ -778,8 +782,8 @@ func (p *Pool) roomLocked(now time.Time) (*poolENI, bool) {
 		if _, blocked := p.blockedLocked(e.VSwitchID, now); blocked {
 			continue
 		}
-		if p.assigning[e.ID] {
-			busy = busy || len(e.ips)+p.assigningN[e.ID] < p.cfg.Limits.IPsPerENI
+		if n, ok := p.assigning[e.ID]; ok {
+			busy = busy || len(e.ips)+n < p.cfg.Limits.IPsPerENI
 			continue
 		}
 		if room == nil || len(e.ips) > len(room.ips) || (len(e.ips) == len(room.ips) && e.ID < room.ID) {
@@ -809,7 +813,7 @@ func (p *Pool) takeRetryLocked(now time.Time) *pendingOp {
 				p.retryOps = slices.Delete(p.retryOps, i, i+1)
 				return p.takeRetryLocked(now)
 			}
-			if p.assigning[op.ENIID] {
+			if _, busy := p.assigning[op.ENIID]; busy {
 				continue
 			}
 		}
@@ -829,39 +833,13 @@ const (
 // the addresses it brings as in flight until it returns. An op without an
 // ID is new; one with an ID is repeated with its token.
 func (p *Pool) launchLocked(ctx context.Context, op *pendingOp) {
-	p.refills++
-	if !op.Exclusive {
-		p.inflight += op.Count
-	}
-	switch {
-	case op.Kind == opAssign:
-		p.assigning[op.ENIID] = true
-		p.assigningN[op.ENIID] = op.Count
-	case op.Exclusive:
-		p.creating++
-		p.exclCreating++
-	default:
-		p.creating++
-	}
+	p.runningLocked(op, 1)
 	p.background(func() {
 		t0 := time.Now()
 		retry, err := p.runOp(ctx, op)
 		took := time.Since(t0)
 		p.mu.Lock()
-		p.refills--
-		if !op.Exclusive {
-			p.inflight -= op.Count
-		}
-		switch {
-		case op.Kind == opAssign:
-			delete(p.assigning, op.ENIID)
-			delete(p.assigningN, op.ENIID)
-		case op.Exclusive:
-			p.creating--
-			p.exclCreating--
-		default:
-			p.creating--
-		}
+		p.runningLocked(op, -1)
 		if err == nil {
 			if op.Kind == opAssign {
 				observeLocked(&p.assignDur, took)
@@ -877,6 +855,24 @@ func (p *Pool) launchLocked(ctx context.Context, op *pendingOp) {
 		p.mu.Unlock()
 		p.done(err)
 	})
+}
+
+// runningLocked counts op as running (d = 1) or no longer (d = -1).
+func (p *Pool) runningLocked(op *pendingOp, d int) {
+	if !op.Exclusive {
+		p.inflight += d * op.Count
+	}
+	switch {
+	case op.Kind == opAssign && d > 0:
+		p.assigning[op.ENIID] = op.Count
+	case op.Kind == opAssign:
+		delete(p.assigning, op.ENIID)
+	case op.Exclusive:
+		p.creating += d
+		p.exclCreating += d
+	default:
+		p.creating += d
+	}
 }
 
 // background runs f in a goroutine that Run waits for, and pokes the pool
@@ -1002,18 +998,26 @@ func definitive(err error) bool {
 	return errors.As(err, &ce) && !retryable(err)
 }
 
+// callFailed ends a create or assign whose call failed with err (what: the
+// call, for the error): a quota answer blocks its vSwitch or ENI creation;
+// a definite answer forgets the op, any other leaves it to be repeated
+// with its token.
+func (p *Pool) callFailed(op pendingOp, err error, what string) (retry bool, _ error) {
+	p.noteFailure(op.VSwitchID, err)
+	if definitive(err) {
+		_ = p.store.DelOp(op.ID)
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	return true, fmt.Errorf("%s: %w", what, err)
+}
+
 // finishCreate runs (or repeats with the same token) a create, then
 // attaches the ENI and adds it to the pool. retry: the op is still
 // pending (no definite answer) and must be repeated with its token.
 func (p *Pool) finishCreate(ctx context.Context, op pendingOp) (retry bool, err error) {
 	eni, err := p.cloud.CreateENI(ctx, CreateENIRequest{VSwitchID: op.VSwitchID, SecurityGroups: p.cfg.SecurityGroups, Count: op.Count, Name: p.cfg.ENIName, Token: op.Token})
 	if err != nil {
-		p.noteFailure(op.VSwitchID, err)
-		if definitive(err) {
-			_ = p.store.DelOp(op.ID)
-			return false, fmt.Errorf("creating an ENI in %s: %w", op.VSwitchID, err)
-		}
-		return true, fmt.Errorf("creating an ENI in %s: %w", op.VSwitchID, err)
+		return p.callFailed(op, err, fmt.Sprintf("creating an ENI in %s", op.VSwitchID))
 	}
 	if err := p.store.PutENI(eniRecord{ID: eni.ID, Exclusive: op.Exclusive}); err != nil {
 		return true, fmt.Errorf("recording ENI %s: %w", eni.ID, err)
@@ -1049,8 +1053,7 @@ func (p *Pool) finishCreate(ctx context.Context, op pendingOp) (retry bool, err 
 	if p.enis[pe.ID] == nil {
 		p.enis[pe.ID] = pe
 		if op.Exclusive {
-			p.exclReady = append(p.exclReady, pe.ID)
-			p.exclReadyAt[pe.ID] = time.Now()
+			p.exclReady = append(p.exclReady, readyENI{id: pe.ID, at: time.Now()})
 		}
 	}
 	p.notifyLocked()
@@ -1095,12 +1098,7 @@ func (p *Pool) finishAssign(ctx context.Context, op pendingOp) (retry bool, err 
 		return false, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
 	}
 	if err != nil {
-		p.noteFailure(op.VSwitchID, err)
-		if definitive(err) {
-			_ = p.store.DelOp(op.ID)
-			return false, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
-		}
-		return true, fmt.Errorf("assigning %d addresses to %s: %w", op.Count, op.ENIID, err)
+		return p.callFailed(op, err, fmt.Sprintf("assigning %d addresses to %s", op.Count, op.ENIID))
 	}
 	p.mu.Lock()
 	if e := p.enis[op.ENIID]; e != nil {
@@ -1122,7 +1120,7 @@ func (p *Pool) finishAssign(ctx context.Context, op pendingOp) (retry bool, err 
 func (p *Pool) shrinkLocked(ctx context.Context, excess int) bool {
 	var cands []*poolENI
 	for _, e := range p.enis {
-		if !e.Exclusive && !p.assigning[e.ID] {
+		if _, busy := p.assigning[e.ID]; !e.Exclusive && !busy {
 			cands = append(cands, e)
 		}
 	}
@@ -1152,8 +1150,7 @@ func (p *Pool) shrinkLocked(ctx context.Context, excess int) bool {
 			delete(e.ips, a)
 		}
 		id := e.ID
-		p.assigning[id] = true // no assign on this ENI meanwhile
-		p.refills++
+		p.assigning[id] = 0 // no assign on this ENI meanwhile
 		p.notifyLocked()
 		p.mu.Unlock()
 		p.background(func() { p.unassign(ctx, id, free) })
@@ -1192,7 +1189,6 @@ func (p *Pool) unassign(ctx context.Context, id string, ips []netip.Addr) {
 	}
 	p.mu.Lock()
 	delete(p.assigning, id)
-	p.refills--
 	p.notifyLocked()
 	p.mu.Unlock()
 }

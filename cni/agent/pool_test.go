@@ -574,7 +574,7 @@ func (p *Pool) inFlight() (refills, addrs int, enis []string) {
 		enis = append(enis, id)
 	}
 	slices.Sort(enis)
-	return p.refills, p.inflight, enis
+	return p.refillsLocked(), p.inflight, enis
 }
 
 // Refills overlap: a deficit larger than one assign's batch starts

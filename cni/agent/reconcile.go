@@ -141,7 +141,6 @@ func (p *Pool) Reconcile(ctx context.Context, pods Pods) error {
 	p.enis = enis
 	p.allocs = kept
 	p.exclReady = nil
-	clear(p.exclReadyAt)
 	for _, e := range enis {
 		if e.Exclusive && e.inUse() == 0 {
 			delete(p.enis, e.ID)

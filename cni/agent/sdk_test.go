@@ -116,7 +116,7 @@ func TestPoolThroughSDKWithFaults(t *testing.T) {
 // same ENIs (this agent's, attached), the same addresses on each.
 func agree(p *Pool, emu *ecstest.Emulator, instance string) error {
 	p.mu.Lock()
-	quiet := p.refills == 0 && len(p.retryOps) == 0 && len(p.toDelete) == 0 && !p.deleting
+	quiet := p.refillsLocked() == 0 && len(p.retryOps) == 0 && len(p.toDelete) == 0 && !p.deleting
 	pool := map[string][]netip.Addr{}
 	for id, e := range p.enis {
 		for a := range e.ips {

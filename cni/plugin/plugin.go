@@ -161,18 +161,14 @@ func setup(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation) (*netsetup.
 // plugin) with this plugin's interfaces, address and routes added, else
 // just those.
 func toResult(conf *NetConf, r *netsetup.Result) (*current.Result, error) {
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	if conf.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
-			return nil, err
-		}
-		prev, err := current.NewResultFromResult(conf.PrevResult)
-		if err != nil {
-			return nil, err
-		}
-		res = prev
-		res.CNIVersion = current.ImplementedSpecVersion
+	res, err := prevResult(conf)
+	if err != nil {
+		return nil, err
 	}
+	if res == nil {
+		res = &current.Result{}
+	}
+	res.CNIVersion = current.ImplementedSpecVersion
 	if r.Host != nil {
 		res.Interfaces = append(res.Interfaces, &current.Interface{Name: r.Host.Name, Mac: r.Host.MAC})
 	}
@@ -196,16 +192,23 @@ func toResult(conf *NetConf, r *netsetup.Result) (*current.Result, error) {
 	return res, nil
 }
 
+// prevResult is the prevResult (eni-cni chained after another plugin) in
+// this version's form, nil if there is none. ParsePrevResult consumes
+// RawPrevResult, so this keys on PrevResult and may be called again.
+func prevResult(conf *NetConf) (*current.Result, error) {
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return nil, err
+	}
+	if conf.PrevResult == nil {
+		return nil, nil
+	}
+	return current.NewResultFromResult(conf.PrevResult)
+}
+
 // prevIP is the pod address in the prevResult, if any.
 func prevIP(conf *NetConf) string {
-	if conf.RawPrevResult == nil {
-		return ""
-	}
-	if err := version.ParsePrevResult(&conf.PluginConf); err != nil || conf.PrevResult == nil {
-		return ""
-	}
-	r, err := current.NewResultFromResult(conf.PrevResult)
-	if err != nil || len(r.IPs) == 0 {
+	r, err := prevResult(conf)
+	if err != nil || r == nil || len(r.IPs) == 0 {
 		return ""
 	}
 	return r.IPs[0].Address.IP.String()
