@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -118,11 +119,31 @@ type (
 // pod), and returns its summary, its own user and system CPU time (from
 // wait4's rusage: the utime and stime /proc/PID/stat shows) and its output.
 func RunDNSPerf(ctx context.Context, cpu int, wrap []string, server string, o PerfOpts) (r PerfResult, user, sys time.Duration, out string, err error) {
+	r, u, out, err := RunDNSPerfUsage(ctx, cpu, wrap, server, o)
+	return r, u.User, u.Sys, out, err
+}
+
+// PerfUsage is what dnsperf itself used, from wait4's rusage.
+type PerfUsage struct {
+	User time.Duration `json:"user_ns"`
+	Sys  time.Duration `json:"sys_ns"`
+	// Voluntary and Involuntary count its context switches: a thread
+	// going to sleep, and one preempted.
+	Voluntary   int64 `json:"voluntary_switches"`
+	Involuntary int64 `json:"involuntary_switches"`
+}
+
+// RunDNSPerfUsage is RunDNSPerf with dnsperf's context switches as well.
+func RunDNSPerfUsage(ctx context.Context, cpu int, wrap []string, server string, o PerfOpts) (PerfResult, PerfUsage, string, error) {
 	r, st, out, err := runDNSPerfAt(ctx, cpu, wrap, server, o)
+	var u PerfUsage
 	if st != nil {
-		user, sys = st.UserTime(), st.SystemTime()
+		u.User, u.Sys = st.UserTime(), st.SystemTime()
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			u.Voluntary, u.Involuntary = ru.Nvcsw, ru.Nivcsw
+		}
 	}
-	return r, user, sys, out, err
+	return r, u, out, err
 }
 
 // LatResult is what RunLatGen measured.

@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -47,6 +48,9 @@ func main() {
 	flag.DurationVar(&cfg.LatDuration, "lat-duration", cfg.LatDuration, "length of the latency phase")
 	flag.Float64Var(&cfg.LatRate, "lat-rate", cfg.LatRate, "queries/s of the latency phase (own generator, in the pod)")
 	flag.IntVar(&cfg.ServerCPU, "server-cpu", cfg.ServerCPU, "core the server under test (and the upstream) is pinned to")
+	flag.IntVar(&cfg.PerfClients, "clients", cfg.PerfClients, "dnsperf's sockets (-c) in the max-QPS phase")
+	fixedClients := flag.String("fixed-clients", joinInts(cfg.FixedClients), "comma-separated dnsperf socket counts (-c) of the fixed-rate runs; the first gives the headline figure")
+	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "fixed-rate rounds, the systems taking turns (figures are medians over rounds)")
 	flag.IntVar(&cfg.LoadCPU, "load-cpu", cfg.LoadCPU, "core dnsperf and the harness are pinned to")
 	flag.DurationVar(&cfg.WaitIdle, "wait-idle", cfg.WaitIdle, "before each system, wait up to this long for both cores to be idle (0 = don't)")
 	flag.StringVar(&cfg.NodeCache, "node-cache", cfg.NodeCache, "node-cache binary (relative paths: working dir, then repo root)")
@@ -58,6 +62,11 @@ func main() {
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "kcachebench: unexpected arguments: %v\n", flag.Args())
+		os.Exit(2)
+	}
+	var err error
+	if cfg.FixedClients, err = parseInts(*fixedClients); err != nil || len(cfg.FixedClients) == 0 || cfg.Rounds < 1 {
+		fmt.Fprintf(os.Stderr, "kcachebench: -fixed-clients wants positive integers (got %q: %v), -rounds at least 1\n", *fixedClients, err)
 		os.Exit(2)
 	}
 	cfg.Systems = nil
@@ -99,4 +108,24 @@ func main() {
 	if rep.Failed() {
 		os.Exit(1)
 	}
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseInts(s string) ([]int, error) {
+	var v []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		v = append(v, n)
+	}
+	return v, nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,6 +58,32 @@ func verdict(ok bool) string {
 	return "**not met**"
 }
 
+// headline is the dnsperf client count whose figures the targets judge.
+func (rep *Report) headline() int { return rep.Config.FixedClients[0] }
+
+// ratio is the kernel path's node CPU per answer over unbound's at a client
+// count: the median of the rounds' ratios (each round measures both within
+// a minute or two), with the lowest and highest.
+func (rep *Report) ratio(clients int) (med, lo, hi float64, ok bool) {
+	k, ok1 := rep.get(SysKernel)
+	u, ok2 := rep.get(SysUnbound)
+	if !ok1 || !ok2 {
+		return 0, 0, 0, false
+	}
+	var v []float64
+	for round := range rep.Config.Rounds {
+		kr, ok1 := k.run(round, clients)
+		ur, ok2 := u.run(round, clients)
+		if ok1 && ok2 && ur.NodeCPUPerAns() > 0 {
+			v = append(v, kr.NodeCPUPerAns()/ur.NodeCPUPerAns())
+		}
+	}
+	if len(v) == 0 {
+		return 0, 0, 0, false
+	}
+	return median(v), slices.Min(v), slices.Max(v), true
+}
+
 // targets evaluates issue 6's targets for the kernel path.
 func (rep *Report) targets() []target {
 	k, ok := rep.get(SysKernel)
@@ -63,21 +91,40 @@ func (rep *Report) targets() []target {
 		return []target{{"kernel path", "—", "not measured"}}
 	}
 	var ts []target
-	what := fmt.Sprintf("node CPU per answer ≤ %.1f× unbound's", targetNodeRatio)
-	if u, ok := rep.get(SysUnbound); ok && u.NodeCPUPerAns() > 0 {
-		r := k.NodeCPUPerAns() / u.NodeCPUPerAns()
-		ts = append(ts, target{what, fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", r, k.NodeCPUPerAns(), u.NodeCPUPerAns()), verdict(r <= targetNodeRatio)})
-	} else {
-		ts = append(ts, target{what, "—", "not measured (no unbound result)"})
+	u, _ := rep.get(SysUnbound)
+	for i, c := range rep.Config.FixedClients {
+		what := fmt.Sprintf("node CPU per answer ≤ %.1f× unbound's, dnsperf -c %d", targetNodeRatio, c)
+		if i > 0 {
+			what += " (for comparison)"
+		}
+		med, lo, hi, ok := rep.ratio(c)
+		if !ok {
+			ts = append(ts, target{what, "—", "not measured (no unbound result)"})
+			continue
+		}
+		val := fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", med, k.NodeCPUPerAns(c), u.NodeCPUPerAns(c))
+		if rep.Config.Rounds > 1 {
+			val = fmt.Sprintf("%.2f×, median of %d rounds (%.2f–%.2f); medians %.1f vs %.1f µs", med, rep.Config.Rounds, lo, hi, k.NodeCPUPerAns(c), u.NodeCPUPerAns(c))
+		}
+		ts = append(ts, target{what, val, verdict(med <= targetNodeRatio)})
 	}
+	c := rep.headline()
+	srv := k.Median(c, FixedRun.ServerPerAns)
 	ts = append(ts,
-		target{fmt.Sprintf("node-cache's process CPU per answer ≤ %.0f µs", targetServerUS), fmt.Sprintf("%.2f µs", k.ServerPerAns()), verdict(k.ServerPerAns() <= targetServerUS)},
+		target{fmt.Sprintf("node-cache's process CPU per answer ≤ %.0f µs", targetServerUS), fmt.Sprintf("%.2f µs", srv), verdict(srv <= targetServerUS)},
 		target{fmt.Sprintf("p99 latency ≤ %s µs", us(targetP99)), fmt.Sprintf("%s µs (p50 %s µs)", us(k.Lat.P99), us(k.Lat.P50)), verdict(k.Lat.P99 <= targetP99)})
-	lost := k.Fixed.Lost + k.Lat.Lost
-	v := verdict(lost == 0 && k.Fixed.QPS >= 0.95*rep.Config.FixedRate)
-	val := fmt.Sprintf("%d of %d at %s QPS, %d of %d in the latency run", k.Fixed.Lost, k.Fixed.Sent, kqps(rep.Config.FixedRate), k.Lat.Lost, k.Lat.Sent)
-	if k.Fixed.QPS < 0.95*rep.Config.FixedRate {
-		val += fmt.Sprintf(" (rate reached only %.0f QPS)", k.Fixed.QPS)
+	var sent, lost int
+	minQPS := -1.0
+	for _, f := range k.Fixed {
+		sent, lost = sent+f.Perf.Sent, lost+f.Perf.Lost
+		if minQPS < 0 || f.Perf.QPS < minQPS {
+			minQPS = f.Perf.QPS
+		}
+	}
+	v := verdict(lost+k.Lat.Lost == 0 && minQPS >= 0.95*rep.Config.FixedRate)
+	val := fmt.Sprintf("%d of %d at %s QPS (%d runs), %d of %d in the latency run", lost, sent, kqps(rep.Config.FixedRate), len(k.Fixed), k.Lat.Lost, k.Lat.Sent)
+	if minQPS < 0.95*rep.Config.FixedRate {
+		val += fmt.Sprintf(" (a run reached only %.0f QPS)", minQPS)
 	}
 	return append(ts, target{"0 lost", val, v})
 }
@@ -88,38 +135,98 @@ func (rep *Report) warn() {
 		if !r.OK() {
 			continue
 		}
-		if r.Background > 0.1 {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the machine was %.0f%% of a core busy with other work just before the run (≈ %.1f µs per answer of background in node CPU): figures are disturbed",
-				r.System, 100*r.Background, r.BackgroundPerAns()))
+		for _, f := range r.Fixed {
+			run := fmt.Sprintf("%s, round %d, -c %d", r.System, f.Round+1, f.Clients)
+			if f.Background > 0.1 {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the machine was %.0f%% of a core busy with other work just before the run (≈ %.1f µs per answer of background in node CPU): figures are disturbed",
+					run, 100*f.Background, f.BackgroundPerAns()))
+			}
+			if f.Perf.QPS < 0.95*rep.Config.FixedRate {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the fixed-rate run reached only %.0f of %.0f QPS", run, f.Perf.QPS, rep.Config.FixedRate))
+			}
+			if f.Perf.NoError < f.Perf.Completed {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %d of %d answers were not NOERROR", run, f.Perf.Completed-f.Perf.NoError, f.Perf.Completed))
+			}
 		}
-		if r.Fixed.QPS < 0.95*rep.Config.FixedRate {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the fixed-rate run reached only %.0f of %.0f QPS", r.System, r.Fixed.QPS, rep.Config.FixedRate))
-		}
-		if r.Fixed.NoError < r.Fixed.Completed {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %d of %d answers in the fixed-rate run were not NOERROR", r.System, r.Fixed.Completed-r.Fixed.NoError, r.Fixed.Completed))
-		}
-		if r.System == SysKernel && r.KernelShare() < 0.99 {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the kernel gave only %.1f%% of the answers", r.System, 100*r.KernelShare()))
+		if t := r.Totals(rep.headline()); r.System == SysKernel && t.KernelShare() < 0.99 {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the kernel gave only %.1f%% of the answers", r.System, 100*t.KernelShare()))
 		}
 	}
+}
+
+// spread is a figure's median over the runs at a client count, with the
+// lowest and highest when there is more than one run.
+func (r Result) spread(clients int, figure func(FixedRun) float64, format string) string {
+	var v []float64
+	for _, f := range r.runs(clients) {
+		v = append(v, figure(f))
+	}
+	if len(v) == 0 {
+		return "—"
+	}
+	out := fmt.Sprintf(format, median(v))
+	if len(v) > 1 {
+		out += fmt.Sprintf(" ("+format+"–"+format+")", slices.Min(v), slices.Max(v))
+	}
+	return out
+}
+
+// columns are the results table's figures for one system, in order.
+func (rep *Report) columns(r Result) []string {
+	cfg := rep.Config
+	c := rep.headline()
+	var cols []string
+	for _, n := range cfg.FixedClients {
+		cols = append(cols, r.spread(n, FixedRun.NodeCPUPerAns, "%.1f"))
+	}
+	t := r.Totals(c)
+	var sent, lost int
+	for _, f := range r.Fixed {
+		sent, lost = sent+f.Perf.Sent, lost+f.Perf.Lost
+	}
+	bg := 0.0
+	for _, f := range r.Fixed {
+		bg = max(bg, f.BackgroundPerAns())
+	}
+	return append(cols,
+		r.spread(c, FixedRun.PerfSysPerAns, "%.1f"),
+		r.spread(c, FixedRun.ServerPerAns, "%.2f"),
+		fmt.Sprintf("%.1f%%", 100*t.KernelShare()),
+		fmt.Sprintf("%d of %d", lost, sent),
+		us(t.AvgLat)+" µs",
+		fmt.Sprintf("%.0f", r.MaxQPS()),
+		fmt.Sprintf("%.0f%%", 100*r.MaxServerCPU.Seconds()/max(r.Max.RunTime.Seconds(), 1e-9)),
+		fmt.Sprintf("%s / %s µs", us(r.Lat.P50), us(r.Lat.P99)),
+		fmt.Sprintf("%d of %d", r.Lat.Lost, r.Lat.Sent),
+		fmt.Sprintf("%.1f", bg))
+}
+
+// headers name the columns.
+func (rep *Report) headers() []string {
+	cfg := rep.Config
+	fixed := kqps(cfg.FixedRate)
+	var h []string
+	for _, n := range cfg.FixedClients {
+		h = append(h, fmt.Sprintf("Node CPU µs / answer @%s, -c %d", fixed, n))
+	}
+	c := rep.headline()
+	return append(h, fmt.Sprintf("of which dnsperf system time (-c %d)", c), fmt.Sprintf("Server CPU µs / answer (-c %d)", c),
+		"Kernel answers", fmt.Sprintf("Lost @%s, all runs", fixed), fmt.Sprintf("Avg latency @%s (dnsperf, -c %d)", fixed, c),
+		"Max QPS", "Server CPU at max", fmt.Sprintf("p50 / p99 @%s", kqps(cfg.LatRate)), "Lost (latency run)", "Background µs / answer, worst run")
 }
 
 // WriteTable prints the results.
 func (rep *Report) WriteTable(w io.Writer) {
 	cfg := rep.Config
-	fmt.Fprintf(w, "\nIn-kernel DNS answers, from a pod through the steering; server on cpu %d, dnsperf on cpu %d\n", cfg.ServerCPU, cfg.LoadCPU)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "system\tnode CPU µs/ans@%s\tdnsperf sys µs/ans\tserver µs/ans\tkernel answers\tlost@%s\tavg lat µs@%s\tmax QPS\tserver CPU@max\tp50/p99 µs@%s\tlat lost\tbackground µs/ans\t\n",
-		kqps(cfg.FixedRate), kqps(cfg.FixedRate), kqps(cfg.FixedRate), kqps(cfg.LatRate))
+	fmt.Fprintf(w, "\nIn-kernel DNS answers, from a pod through the steering; server on cpu %d, dnsperf on cpu %d; medians of %d rounds (lowest–highest)\n", cfg.ServerCPU, cfg.LoadCPU, cfg.Rounds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "system\t%s\t\n", strings.Join(rep.headers(), "\t"))
 	for _, r := range rep.Results {
 		if !r.OK() {
-			fmt.Fprintf(tw, "%s\tFAILED\t\t\t\t\t\t\t\t\t\t\t\n", r.System)
+			fmt.Fprintf(tw, "%s\tFAILED\t\n", r.System)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t%.1f%%\t%d of %d\t%s\t%.0f\t%.0f%%\t%s/%s\t%d\t%.1f\t\n", r.System,
-			r.NodeCPUPerAns(), r.PerfSysPerAns(), r.ServerPerAns(), 100*r.KernelShare(), r.Fixed.Lost, r.Fixed.Sent, us(r.Fixed.AvgLat),
-			r.MaxQPS(), 100*r.MaxServerCPU.Seconds()/max(r.Max.RunTime.Seconds(), 1e-9),
-			us(r.Lat.P50), us(r.Lat.P99), r.Lat.Lost, r.BackgroundPerAns())
+		fmt.Fprintf(tw, "%s\t%s\t\n", r.System, strings.Join(rep.columns(r), "\t"))
 	}
 	tw.Flush()
 	for _, r := range rep.Results {
@@ -153,7 +260,7 @@ func (rep *Report) Markdown(plotRel string) string {
 	p("### How to reproduce\n\n")
 	p("```sh\nmake bench   # runs this after the other benchmarks\n# or, after `make build`:\ngo run ./test/bench/kcachebench -out docs/benchmarks.md\n```\n\n")
 	p("Needs root, two CPUs, the Debian packages `dnsperf`, `unbound` and `iproute2` (`make deps`), `bin/node-cache` (`make build`); stock CoreDNS is built as for the DNS cache benchmark. ")
-	p("Flags: `-systems`, `-duration`, `-fixed-duration`, `-fixed-rate`, `-quick`, `-out`, `-json`; `-h` lists the rest. ")
+	p("Flags: `-systems`, `-rounds`, `-fixed-clients`, `-duration`, `-fixed-duration`, `-fixed-rate`, `-quick`, `-out`, `-json`; `-h` lists the rest. ")
 	p("Everything it creates (the pod namespace, the cache's address on `lo`, the eBPF programs and their pins, processes) is removed at the end, also on failure or interrupt; a run after a killed one removes what that one left. This run took %s.\n\n", rep.Elapsed)
 
 	p("### What is measured\n\n")
@@ -161,15 +268,17 @@ func (rep *Report) Markdown(plotRel string) string {
 	p("dnsperf runs **inside the pod** (`ip netns exec`), pinned to cpu %d; the server under test is pinned to cpu %d. The working set is %d distinct names, warmed from the pod before every phase (for the kernel path: asked until all %d are in the kernel's map, `dnsaccel_nodecache_kernel_cache_entries`; node-cache offers an answer to the kernel once its cache has answered it twice).\n\n",
 		cfg.LoadCPU, cfg.ServerCPU, len(bench.CachedNames()), len(bench.CachedNames()))
 	p("| Figure | How |\n|---|---|\n")
-	p("| **Node CPU µs per answer** at %s QPS | dnsperf `-Q %.0f -c %d -q %d` for %s. All CPU time of the machine during the run — both cores, every state but idle and iowait — **minus dnsperf's own user time** (its utime, from `wait4`'s rusage when it exits), divided by NOERROR answers. So every piece of kernel work counts wherever the kernel accounts it: the pod's syscalls (dnsperf's system time, shown separately), veth, softirq, the tc program, the server. The machine's busy time is taken as CPUs × elapsed time minus the idle and iowait time of `/proc/stat` (exact with NO_HZ: measured at idle entry and exit), not as the sum of its user/system/softirq columns, which this kernel (`CONFIG_TICK_CPU_ACCOUNTING`, no `IRQ_TIME_ACCOUNTING`) samples at timer ticks: in 2 s runs that sum was off by up to half, once below dnsperf's own user time. dnsperf's user/system split is tick-sampled too (its total is exact), which makes the subtraction noisier in short runs. |\n",
-		fixed, cfg.FixedRate, cfg.PerfClients, cfg.FixedOutstanding, cfg.FixedDuration)
+	p("| **Node CPU µs per answer** at %s QPS | dnsperf `-Q %.0f -q %d` for %s, once with each socket count `-c %s`; the targets judge `-c %d`. All CPU time of the machine during the run — both cores, every state but idle and iowait — **minus dnsperf's own user time** (its utime, from `wait4`'s rusage when it exits), divided by NOERROR answers. So every piece of kernel work counts wherever the kernel accounts it: the pod's syscalls (dnsperf's system time, shown separately), veth, softirq, the tc program, the server. The machine's busy time is taken as CPUs × elapsed time minus the idle and iowait time of `/proc/stat` (exact with NO_HZ: measured at idle entry and exit), not as the sum of its user/system/softirq columns, which this kernel (`CONFIG_TICK_CPU_ACCOUNTING`, no `IRQ_TIME_ACCOUNTING`) samples at timer ticks: in 2 s runs that sum was off by up to half, once below dnsperf's own user time. dnsperf's user/system split is tick-sampled too (its total is exact), which makes the subtraction noisier in short runs. |\n",
+		fixed, cfg.FixedRate, cfg.FixedOutstanding, cfg.FixedDuration, joinInts(cfg.FixedClients), rep.headline())
+	p("| Rounds | the fixed-rate runs come in %d rounds, each system started afresh and warmed for each: every round measures every system in turn, starting one system later than the round before, and the figures are medians over the rounds. The ratio to unbound is the median of the rounds' own ratios, so each compares runs a minute or two apart: identical runs on this VM differed by up to 40%% from one minute to the next (dnsperf's system time per answer was 10.8–15.1 µs in three full runs of the kernel path on 2026-12-03, one system after another). |\n", cfg.Rounds)
+	p("| Socket count | dnsperf's receiving thread tries every socket in turn for each read, so with `-c 4` every wake-up adds up to four failing `recvfrom` calls, about 0.9 µs each here (a bare syscall costs 0.93 µs on this VM, ten times a bare-metal one). That is the load generator's own overhead, and it weighs most where the server costs least: on the kernel path the answer arrives during `sendto` itself, so dnsperf's receiving thread is woken, and often preempts the sending one, for almost every answer (%s). `-c 1` is dnsperf's default and what a pod's resolver does (one socket per lookup), so it is the headline; `-c 4` is shown beside it. |\n", rep.switchSummary())
 	p("| Server µs per answer | the server process's utime+stime (`/proc/PID/stat`, all threads) over the same run ÷ answers. |\n")
 	p("| Kernel answers | node-cache's `coredns_nodecache_offload_hits_total` over the same run ÷ answers. |\n")
 	p("| Max QPS | dnsperf unthrottled (`-c %d -q %d`) for %s: answered (NOERROR) queries per second. dnsperf has one core, the same the pod's kernel work lands on, so this is bound by the load core for the fastest systems; *server CPU* shows how busy the server was. |\n",
 		cfg.PerfClients, cfg.PerfOutstanding, cfg.Duration)
 	p("| p50 / p99, lost | Debian's dnsperf 2.10 has no latency histogram, so the harness's serial generator (`test/bench/latgen.go`, `runLatSerial`) runs inside the pod (`netns.Pod.Do`) at %.0f QPS for %s: one blocking UDP socket on one OS thread, each query sent at its slot (spinning the last µs to it) and timed from when it is sent, or from its slot when the previous reply came after that slot, so a slow reply's wait counts while the generator's own wake-up does not; lost = no answer within 1 s. Earlier runs used the open-loop generator with 4 sockets, whose readers wait in Go's netpoller: its samples held that wake-up too (p99 83–119 µs for the kernel path). *Lost* and *avg latency @%s* are dnsperf's in the fixed-rate run. |\n",
 		cfg.LatRate, cfg.LatDuration, fixed)
-	p("| Background | the machine's busy time in the second before the fixed-rate run (server idle), as µs per answer over the run: other work on the machine, included in node CPU. |\n\n")
+	p("| Background | the machine's busy time in the second before each fixed-rate run (server idle), as µs per answer over the run: other work on the machine, included in node CPU; the table shows the worst run. |\n\n")
 
 	p("### Setup\n\n")
 	p("- Upstream: %s.\n", rep.Upstream)
@@ -183,8 +292,10 @@ func (rep *Report) Markdown(plotRel string) string {
 		date, m.CPUModel, m.CPUs, m.Kernel, m.OS, m.Go, m.Load1, strings.Join(m.Tools, ", "))
 
 	p("### Results\n\n")
-	p("| System | Version | Node CPU µs / answer @%s | of which dnsperf system time | Server CPU µs / answer | Kernel answers | Lost @%s | Avg latency @%s (dnsperf) | Max QPS | Server CPU at max | p50 / p99 @%s | Lost (latency run) | Background µs / answer |\n", fixed, fixed, fixed, kqps(cfg.LatRate))
-	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	p("Medians over the %d rounds, lowest–highest in brackets.\n\n", cfg.Rounds)
+	h := rep.headers()
+	p("| System | Version | %s |\n", strings.Join(h, " | "))
+	p("|---|---|%s\n", strings.Repeat("--:|", len(h)))
 	for _, r := range rep.Results {
 		name := r.Label
 		if r.System == SysKernel {
@@ -195,13 +306,16 @@ func (rep *Report) Markdown(plotRel string) string {
 			if r.Skipped != "" {
 				why = r.Skipped
 			}
-			p("| %s | failed: %s ||||||||||||\n", name, strings.ReplaceAll(strings.SplitN(why, "\n", 2)[0], "|", "\\|"))
+			p("| %s | failed: %s |%s\n", name, strings.ReplaceAll(strings.SplitN(why, "\n", 2)[0], "|", "\\|"), strings.Repeat("|", len(h)))
 			continue
 		}
-		p("| %s | %s | %.1f | %.1f | %.2f | %.1f%% | %d of %d | %s µs | %.0f | %.0f%% | %s / %s µs | %d of %d | %.1f |\n", name, r.Version,
-			r.NodeCPUPerAns(), r.PerfSysPerAns(), r.ServerPerAns(), 100*r.KernelShare(), r.Fixed.Lost, r.Fixed.Sent, us(r.Fixed.AvgLat),
-			r.MaxQPS(), 100*r.MaxServerCPU.Seconds()/max(r.Max.RunTime.Seconds(), 1e-9),
-			us(r.Lat.P50), us(r.Lat.P99), r.Lat.Lost, r.Lat.Sent, r.BackgroundPerAns())
+		p("| %s | %s | %s |\n", name, r.Version, strings.Join(rep.columns(r), " | "))
+	}
+	p("\n### Every fixed-rate run\n\n")
+	p("In the order run. µs per answer, except dnsperf's context switches (voluntary and preempted, from its rusage) per answer.\n\n")
+	p("| Round | System | dnsperf -c | Node CPU | dnsperf system | Server | dnsperf switches | Background | QPS | Lost |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, f := range rep.runOrder() {
+		p("| %d | %s | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.0f | %d |\n", f.Round+1, f.system, f.Clients, f.NodeCPUPerAns(), f.PerfSysPerAns(), f.ServerPerAns(), f.SwitchesPerAns(), f.BackgroundPerAns(), f.Perf.QPS, f.Perf.Lost)
 	}
 	p("\n### Targets (kernel path)\n\n| Target | Measured | Verdict |\n|---|---|---|\n")
 	for _, t := range rep.targets() {
@@ -231,19 +345,21 @@ func (rep *Report) plot(path string) error {
 		}
 		ours := r.System == SysKernel || r.System == SysNodeCache
 		lbl := strings.ToUpper(r.System)
-		node = append(node, bench.Bar{Label: lbl, Value: r.NodeCPUPerAns(), Text: fmt.Sprintf("%.1f US", r.NodeCPUPerAns()), Ours: ours})
-		srv = append(srv, bench.Bar{Label: lbl, Value: r.ServerPerAns(), Text: fmt.Sprintf("%.2f US", r.ServerPerAns()), Ours: ours})
+		c := rep.headline()
+		nc, sc := r.NodeCPUPerAns(c), r.Median(c, FixedRun.ServerPerAns)
+		node = append(node, bench.Bar{Label: lbl, Value: nc, Text: fmt.Sprintf("%.1f US", nc), Ours: ours})
+		srv = append(srv, bench.Bar{Label: lbl, Value: sc, Text: fmt.Sprintf("%.2f US", sc), Ours: ours})
 		p99 = append(p99, bench.Bar{Label: lbl, Value: float64(r.Lat.P99) / 1e3, Text: us(r.Lat.P99) + " US", Ours: ours})
 		qps = append(qps, bench.Bar{Label: lbl, Value: r.MaxQPS(), Text: fmt.Sprintf("%.0fK", r.MaxQPS()/1000), Ours: ours})
 	}
 	nodeMark := 0.0
 	if u, ok := rep.get(SysUnbound); ok {
-		nodeMark = targetNodeRatio * u.NodeCPUPerAns()
+		nodeMark = targetNodeRatio * u.NodeCPUPerAns(rep.headline())
 	}
 	fixed := strings.ToUpper(kqps(rep.Config.FixedRate))
 	return bench.WriteBarChart(path, fmt.Sprintf("IN-KERNEL DNS ANSWERS - %s - FROM A POD THROUGH THE STEERING", rep.Start.Format("2006-01-02")), []bench.Panel{
-		{Title: "NODE CPU US PER ANSWER AT " + fixed + " QPS, ALL CPUS MINUS DNSPERF USER TIME (LOWER IS BETTER)", Bars: node, Mark: nodeMark, MarkLabel: "TARGET 0.4X UNBOUND"},
-		{Title: "SERVER PROCESS CPU US PER ANSWER AT " + fixed + " QPS (LOWER IS BETTER)", Bars: srv, Mark: targetServerUS, MarkLabel: "TARGET 1 US"},
+		{Title: fmt.Sprintf("NODE CPU US PER ANSWER AT %s QPS, DNSPERF -C %d, ALL CPUS MINUS DNSPERF USER TIME (LOWER IS BETTER)", fixed, rep.headline()), Bars: node, Mark: nodeMark, MarkLabel: "TARGET 0.4X UNBOUND"},
+		{Title: fmt.Sprintf("SERVER PROCESS CPU US PER ANSWER AT %s QPS, DNSPERF -C %d (LOWER IS BETTER)", fixed, rep.headline()), Bars: srv, Mark: targetServerUS, MarkLabel: "TARGET 1 US"},
 		{Title: fmt.Sprintf("P99 LATENCY FROM THE POD AT %.0f QPS (LOWER IS BETTER)", rep.Config.LatRate), Bars: p99, Mark: float64(targetP99) / 1e3, MarkLabel: "TARGET 30 US"},
 		{Title: "MAX ANSWERED QPS, DNSPERF UNTHROTTLED IN THE POD (HIGHER IS BETTER)", Bars: qps},
 	})
@@ -275,4 +391,55 @@ func (rep *Report) WriteOutputs() error {
 		return bench.WriteJSON(bench.RepoPath(cfg.JSON), rep)
 	}
 	return nil
+}
+
+// orderedRun is a fixed-rate run with its system, for the per-run table.
+type orderedRun struct {
+	FixedRun
+	system string
+}
+
+// runOrder lists every fixed-rate run in the order it ran: by round, then
+// by the round's turn (rounds start at successive systems), then by client
+// count.
+func (rep *Report) runOrder() []orderedRun {
+	n := len(rep.Results)
+	var out []orderedRun
+	turn := map[string]int{}
+	for i, r := range rep.Results {
+		turn[r.System] = i
+		for _, f := range r.Fixed {
+			out = append(out, orderedRun{f, r.System})
+		}
+	}
+	pos := func(o orderedRun) int { return (turn[o.system] - o.Round%max(n, 1) + n) % max(n, 1) }
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Round != b.Round {
+			return a.Round < b.Round
+		}
+		return pos(a) < pos(b)
+	})
+	return out
+}
+
+// switchSummary gives dnsperf's context switches per answer, medians at
+// every client count, for the kernel path and unbound.
+func (rep *Report) switchSummary() string {
+	var parts []string
+	for _, sys := range []string{SysKernel, SysUnbound} {
+		r, ok := rep.get(sys)
+		if !ok {
+			continue
+		}
+		var per []string
+		for _, c := range rep.Config.FixedClients {
+			per = append(per, fmt.Sprintf("%.2f at -c %d", r.Median(c, FixedRun.SwitchesPerAns), c))
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", r.Label, strings.Join(per, ", ")))
+	}
+	if len(parts) == 0 {
+		return "no switch counts in this run"
+	}
+	return "dnsperf's context switches per answer in this run: " + strings.Join(parts, "; ")
 }

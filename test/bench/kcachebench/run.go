@@ -45,9 +45,11 @@ type Config struct {
 	FixedRate        float64       `json:"fixed_rate"`
 	LatDuration      time.Duration `json:"lat_duration_ns"` // latency phase (own generator)
 	LatRate          float64       `json:"lat_rate"`
-	PerfClients      int           `json:"perf_clients"`
+	PerfClients      int           `json:"perf_clients"` // dnsperf's sockets in the max-QPS phase
 	PerfOutstanding  int           `json:"perf_outstanding"`
+	FixedClients     []int         `json:"fixed_clients"` // dnsperf's sockets in the fixed-rate runs; the first is the headline
 	FixedOutstanding int           `json:"fixed_outstanding"`
+	Rounds           int           `json:"rounds"` // fixed-rate rounds, the systems taking turns
 	ServerCPU        int           `json:"server_cpu"`
 	LoadCPU          int           `json:"load_cpu"`
 	WaitIdle         time.Duration `json:"wait_idle_ns"`
@@ -66,13 +68,15 @@ func DefaultConfig() Config {
 	return Config{
 		Systems:          append([]string(nil), AllSystems...),
 		Duration:         10 * time.Second,
-		FixedDuration:    8 * time.Second,
+		FixedDuration:    6 * time.Second,
 		FixedRate:        30000,
 		LatDuration:      4 * time.Second,
 		LatRate:          5000,
 		PerfClients:      4,
 		PerfOutstanding:  100,
+		FixedClients:     []int{1, 4},
 		FixedOutstanding: 200,
+		Rounds:           3,
 		ServerCPU:        1,
 		LoadCPU:          0,
 		WaitIdle:         20 * time.Second,
@@ -92,6 +96,9 @@ func (c *Config) ApplyQuick(set func(string) bool) {
 	if !set("wait-idle") {
 		c.WaitIdle = 0
 	}
+	if !set("rounds") {
+		c.Rounds = 1
+	}
 }
 
 // Result is one system's figures.
@@ -105,10 +112,24 @@ type Result struct {
 	Max          bench.PerfResult `json:"max"`
 	MaxServerCPU time.Duration    `json:"max_server_cpu_ns"`
 
-	Fixed     bench.PerfResult `json:"fixed"`
-	FixedWall time.Duration    `json:"fixed_wall_ns"`
-	// NodeCPU is the whole machine's busy time during the fixed-rate run:
-	// every CPU, every state but idle and iowait (bench.BusySince).
+	// Fixed holds every fixed-rate run: Config.Rounds rounds, each at every
+	// count of Config.FixedClients, the systems taking turns round by round.
+	Fixed []FixedRun `json:"fixed"`
+	// KernelEntries is the answers in the kernel's map after warming.
+	KernelEntries float64 `json:"kernel_entries"`
+
+	Lat bench.LatResult `json:"latency"`
+}
+
+// FixedRun is one fixed-rate dnsperf run against a freshly started and
+// warmed system.
+type FixedRun struct {
+	Round   int              `json:"round"`
+	Clients int              `json:"clients"`
+	Perf    bench.PerfResult `json:"perf"`
+	Wall    time.Duration    `json:"wall_ns"`
+	// NodeCPU is the whole machine's busy time during the run: every CPU,
+	// every state but idle and iowait (bench.BusySince).
 	NodeCPU time.Duration `json:"node_cpu_ns"`
 	// NodeCPUTicks is the same from the tick-sampled states of /proc/stat,
 	// for comparison (bench.TickBusySince).
@@ -116,17 +137,15 @@ type Result struct {
 	// PerfUser and PerfSys are dnsperf's own user and system time.
 	PerfUser time.Duration `json:"dnsperf_user_ns"`
 	PerfSys  time.Duration `json:"dnsperf_sys_ns"`
+	// PerfSwitches are dnsperf's context switches, voluntary and not.
+	PerfSwitches int64 `json:"dnsperf_switches"`
 	// ServerCPU is the server process's utime+stime, all threads.
 	ServerCPU time.Duration `json:"server_cpu_ns"`
 	// Background is how many cores the machine kept busy in the second
-	// before the fixed-rate run, with the server idle: other people's work.
+	// before the run, with the server idle: other people's work.
 	Background float64 `json:"background_cores"`
-	// KernelHits are the answers node-cache's kernel program gave during the
-	// fixed-rate run; KernelEntries the answers in its map after warming.
-	KernelHits    float64 `json:"kernel_hits"`
-	KernelEntries float64 `json:"kernel_entries"`
-
-	Lat bench.LatResult `json:"latency"`
+	// KernelHits are the answers node-cache's kernel program gave.
+	KernelHits float64 `json:"kernel_hits"`
 }
 
 // OK reports whether the system produced figures.
@@ -140,20 +159,113 @@ func perAnswer(d time.Duration, answers int) float64 {
 }
 
 // NodeCPUPerAns is node CPU per answered query, µs: all CPU time of the
-// machine during the fixed-rate run minus dnsperf's user time.
-func (r Result) NodeCPUPerAns() float64 { return perAnswer(r.NodeCPU-r.PerfUser, r.Fixed.NoError) }
+// machine during the run minus dnsperf's user time.
+func (f FixedRun) NodeCPUPerAns() float64 { return perAnswer(f.NodeCPU-f.PerfUser, f.Perf.NoError) }
 
 // PerfSysPerAns is dnsperf's system time per answer, µs (the pod's
 // syscalls; part of node CPU).
-func (r Result) PerfSysPerAns() float64 { return perAnswer(r.PerfSys, r.Fixed.NoError) }
+func (f FixedRun) PerfSysPerAns() float64 { return perAnswer(f.PerfSys, f.Perf.NoError) }
+
+// SwitchesPerAns is dnsperf's context switches per answer.
+func (f FixedRun) SwitchesPerAns() float64 {
+	if f.Perf.NoError <= 0 {
+		return 0
+	}
+	return float64(f.PerfSwitches) / float64(f.Perf.NoError)
+}
 
 // ServerPerAns is the server process's CPU per answer, µs.
-func (r Result) ServerPerAns() float64 { return perAnswer(r.ServerCPU, r.Fixed.NoError) }
+func (f FixedRun) ServerPerAns() float64 { return perAnswer(f.ServerCPU, f.Perf.NoError) }
 
 // BackgroundPerAns is what the background load measured before the run
 // would add to NodeCPUPerAns, µs.
-func (r Result) BackgroundPerAns() float64 {
-	return perAnswer(time.Duration(r.Background*float64(r.FixedWall)), r.Fixed.NoError)
+func (f FixedRun) BackgroundPerAns() float64 {
+	return perAnswer(time.Duration(f.Background*float64(f.Wall)), f.Perf.NoError)
+}
+
+// runs are the fixed-rate runs with dnsperf at the given client count.
+func (r Result) runs(clients int) []FixedRun {
+	var out []FixedRun
+	for _, f := range r.Fixed {
+		if f.Clients == clients {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// run is the fixed-rate run of one round and client count.
+func (r Result) run(round, clients int) (FixedRun, bool) {
+	for _, f := range r.Fixed {
+		if f.Round == round && f.Clients == clients {
+			return f, true
+		}
+	}
+	return FixedRun{}, false
+}
+
+// Median is the median of figure over the runs at the given client count
+// (0 without runs): the rounds are minutes apart, and this VM's speed
+// drifts by more than the differences measured.
+func (r Result) Median(clients int, figure func(FixedRun) float64) float64 {
+	var v []float64
+	for _, f := range r.runs(clients) {
+		v = append(v, figure(f))
+	}
+	return median(v)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
+}
+
+// NodeCPUPerAns is the median node CPU per answer at the given client count.
+func (r Result) NodeCPUPerAns(clients int) float64 {
+	return r.Median(clients, FixedRun.NodeCPUPerAns)
+}
+
+// Totals sums the runs at the given client count: sent, lost and
+// answered queries, kernel answers, and the slowest run's rate.
+func (r Result) Totals(clients int) (t FixedTotals) {
+	t.MinQPS = -1
+	for i, f := range r.runs(clients) {
+		t.Sent += f.Perf.Sent
+		t.Lost += f.Perf.Lost
+		t.Completed += f.Perf.Completed
+		t.NoError += f.Perf.NoError
+		t.KernelHits += f.KernelHits
+		t.AvgLat += (f.Perf.AvgLat - t.AvgLat) / time.Duration(i+1)
+		if t.MinQPS < 0 || f.Perf.QPS < t.MinQPS {
+			t.MinQPS = f.Perf.QPS
+		}
+		t.MaxBackground = max(t.MaxBackground, f.Background)
+	}
+	return t
+}
+
+// FixedTotals are the fixed-rate runs of one client count taken together.
+type FixedTotals struct {
+	Sent, Lost, Completed, NoError int
+	KernelHits                     float64
+	AvgLat                         time.Duration // mean of the runs' dnsperf averages
+	MinQPS                         float64
+	MaxBackground                  float64 // cores
+}
+
+// KernelShare is the share of the answers the kernel gave.
+func (t FixedTotals) KernelShare() float64 {
+	if t.NoError == 0 {
+		return 0
+	}
+	return t.KernelHits / float64(t.NoError)
 }
 
 // MaxQPS is the answered QPS of the max-QPS phase.
@@ -162,14 +274,6 @@ func (r Result) MaxQPS() float64 {
 		return 0
 	}
 	return float64(r.Max.NoError) / r.Max.RunTime.Seconds()
-}
-
-// KernelShare is the share of the fixed-rate answers the kernel gave.
-func (r Result) KernelShare() float64 {
-	if r.Fixed.NoError == 0 {
-		return 0
-	}
-	return r.KernelHits / float64(r.Fixed.NoError)
 }
 
 // Report is a whole run.
@@ -251,25 +355,51 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.Upstream = fmt.Sprintf("stock CoreDNS `file` plugin on 127.0.0.1, pinned to cpu %d (dnsbench's: zone `bench.test.`, %d A records with TTL 3600); it only answers the first warm-up pass", cfg.ServerCPU, len(e.queries))
 	for _, s := range cfg.Systems {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
 		res := Result{System: s}
 		var notes string
 		res.Label, res.Version, notes = e.describe(ctx, s)
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%s: %s", res.Label, notes))
+		rep.Results = append(rep.Results, res)
+	}
+	// Each phase starts the system afresh, with the cores idle.
+	phase := func(r *Result, what string, f func(*server) error) error {
 		if busy := bench.WaitIdle(ctx, []int{cfg.ServerCPU, cfg.LoadCPU}, cfg.WaitIdle); busy > 0.1 {
 			e.logf("warning: cores still %.0f%% busy with other work after waiting %s", 100*busy, cfg.WaitIdle)
 		}
-		e.logf("%s (%s)", s, res.Version)
-		if err := e.measure(ctx, &res); err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			res.Err = err.Error()
-			e.logf("%s: FAILED: %v", s, err)
+		e.logf("%s (%s): %s", r.System, r.Version, what)
+		err := e.with(ctx, r, f)
+		if err != nil && ctx.Err() == nil {
+			r.Err = err.Error()
+			e.logf("%s: FAILED: %v", r.System, err)
 		}
-		rep.Results = append(rep.Results, res)
+		return ctx.Err()
+	}
+	// 1. Node CPU at a fixed rate: the systems take turns, round by round,
+	// each round starting with the next system, so that the machine's
+	// drift over minutes falls on every system alike.
+	n := len(rep.Results)
+	for round := range cfg.Rounds {
+		for i := range n {
+			r := &rep.Results[(i+round)%n]
+			if r.Err != "" {
+				continue
+			}
+			if err := phase(r, fmt.Sprintf("round %d of %d, node CPU at %.0f QPS", round+1, cfg.Rounds, cfg.FixedRate), func(srv *server) error {
+				return e.measureFixed(ctx, srv, r, round)
+			}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// 2. Maximum QPS and latency, once per system.
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		if r.Err != "" {
+			continue
+		}
+		if err := phase(r, "max QPS and latency", func(srv *server) error { return e.measureMaxLat(ctx, srv, r) }); err != nil {
+			return nil, err
+		}
 	}
 	rep.Elapsed = time.Since(rep.Start).Round(time.Second)
 	rep.warn()
@@ -504,96 +634,112 @@ func (e *env) startPeer(ctx context.Context, name string) (_ *server, err error)
 	return &server{proc: p, stop: stop}, nil
 }
 
-// measure starts system r.System, measures it and stops it.
-func (e *env) measure(ctx context.Context, r *Result) error {
+// with starts system r.System, runs f against it and stops it.
+func (e *env) with(ctx context.Context, r *Result, f func(*server) error) error {
 	srv, err := e.start(ctx, r.System)
 	if err != nil {
 		return err
 	}
 	defer srv.stop()
-	alive := func(phase string) error {
-		if srv.proc.Exited() {
-			return fmt.Errorf("%s during %s", srv.proc.ExitError(), phase)
-		}
-		return nil
+	if err := f(srv); err != nil {
+		return errors.Join(err, srv.alive())
 	}
-	vip := netip.AddrPortFrom(e.vip, 53).String()
-	warm := func() error {
-		if err := e.warm(ctx, srv, r); err != nil {
-			return errors.Join(err, alive("warm-up"))
-		}
-		return nil
-	}
-	wrap := []string{"ip", "netns", "exec", e.pod.Name}
+	return srv.alive()
+}
 
-	// 1. Maximum QPS: dnsperf unthrottled.
-	if err := warm(); err != nil {
-		return err
+// alive is the server's exit as an error, nil while it runs.
+func (s *server) alive() error {
+	if s.proc.Exited() {
+		return fmt.Errorf("server: %v", s.proc.ExitError())
+	}
+	return nil
+}
+
+// perfWrap runs dnsperf inside the pod.
+func (e *env) perfWrap() []string { return []string{"ip", "netns", "exec", e.pod.Name} }
+
+// measureFixed warms the system and runs dnsperf at the fixed rate once per
+// client count, recording the machine's busy time around each run.
+func (e *env) measureFixed(ctx context.Context, srv *server, r *Result, round int) error {
+	for _, clients := range e.cfg.FixedClients {
+		if err := e.warm(ctx, srv, r); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		f := FixedRun{Round: round, Clients: clients}
+		// The load the machine carries without us, for the record.
+		b0, err := bench.SampleMachine()
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		b1, _ := bench.SampleMachine()
+		f.Background = b1.BusySince(b0).Seconds() / time.Since(t0).Seconds()
+
+		h0 := e.kernelHits(ctx, srv)
+		c0, _ := bench.CPUTime(srv.proc.Pid())
+		m0, _ := bench.SampleMachine()
+		t0 = time.Now()
+		var u bench.PerfUsage
+		f.Perf, u, _, err = bench.RunDNSPerfUsage(ctx, e.cfg.LoadCPU, e.perfWrap(), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
+			Duration: e.cfg.FixedDuration, Clients: clients, Outstand: e.cfg.FixedOutstanding, MaxQPS: e.cfg.FixedRate, Timeout: time.Second})
+		f.Wall = time.Since(t0)
+		f.PerfUser, f.PerfSys, f.PerfSwitches = u.User, u.Sys, u.Voluntary+u.Involuntary
+		m1, _ := bench.SampleMachine()
+		c1, _ := bench.CPUTime(srv.proc.Pid())
+		if err != nil {
+			return fmt.Errorf("fixed rate, -c %d: %w", clients, err)
+		}
+		f.NodeCPU, f.NodeCPUTicks, f.ServerCPU = m1.BusySince(m0), m1.TickBusySince(m0), c1-c0
+		f.KernelHits = e.kernelHits(ctx, srv) - h0
+		e.logf("%s: -c %d: node CPU %.1f µs per answer, dnsperf sys %.1f, server %.2f; dnsperf switches %.2f per answer (%d voluntary, %d preempted)",
+			r.System, clients, f.NodeCPUPerAns(), f.PerfSysPerAns(), f.ServerPerAns(), f.SwitchesPerAns(), u.Voluntary, u.Involuntary)
+		r.Fixed = append(r.Fixed, f)
+		if err := srv.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureMaxLat measures the maximum QPS (dnsperf unthrottled) and the
+// latency from the pod, one query at a time from a blocking socket.
+func (e *env) measureMaxLat(ctx context.Context, srv *server, r *Result) error {
+	if err := e.warm(ctx, srv, r); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
 	e.logf("%s: max QPS, dnsperf unthrottled for %s", r.System, e.cfg.Duration)
 	c0, _ := bench.CPUTime(srv.proc.Pid())
-	r.Max, _, _, _, err = bench.RunDNSPerf(ctx, e.cfg.LoadCPU, wrap, e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
+	var err error
+	r.Max, _, _, _, err = bench.RunDNSPerf(ctx, e.cfg.LoadCPU, e.perfWrap(), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
 		Duration: e.cfg.Duration, Clients: e.cfg.PerfClients, Outstand: e.cfg.PerfOutstanding, Timeout: time.Second})
 	if err != nil {
-		return errors.Join(err, alive("max QPS"))
+		return fmt.Errorf("max QPS: %w", err)
 	}
 	c1, _ := bench.CPUTime(srv.proc.Pid())
 	r.MaxServerCPU = c1 - c0
-	if err := alive("max QPS"); err != nil {
+	if err := srv.alive(); err != nil {
 		return err
 	}
 
-	// 2. Node CPU at a fixed rate.
-	if err := warm(); err != nil {
-		return err
+	if err := e.warm(ctx, srv, r); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
-	// The load the machine carries without us, for the record.
-	b0, err := bench.SampleMachine()
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(time.Second):
-	}
-	b1, _ := bench.SampleMachine()
-	r.Background = b1.BusySince(b0).Seconds() / time.Since(t0).Seconds()
-
-	e.logf("%s: %.0f QPS for %s (node CPU, loss)", r.System, e.cfg.FixedRate, e.cfg.FixedDuration)
-	h0 := e.kernelHits(ctx, srv)
-	c0, _ = bench.CPUTime(srv.proc.Pid())
-	m0, _ := bench.SampleMachine()
-	t0 = time.Now()
-	r.Fixed, r.PerfUser, r.PerfSys, _, err = bench.RunDNSPerf(ctx, e.cfg.LoadCPU, wrap, e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
-		Duration: e.cfg.FixedDuration, Clients: e.cfg.PerfClients, Outstand: e.cfg.FixedOutstanding, MaxQPS: e.cfg.FixedRate, Timeout: time.Second})
-	r.FixedWall = time.Since(t0)
-	m1, _ := bench.SampleMachine()
-	c1, _ = bench.CPUTime(srv.proc.Pid())
-	if err != nil {
-		return errors.Join(err, alive("fixed rate"))
-	}
-	r.NodeCPU, r.NodeCPUTicks, r.ServerCPU = m1.BusySince(m0), m1.TickBusySince(m0), c1-c0
-	r.KernelHits = e.kernelHits(ctx, srv) - h0
-	if err := alive("fixed rate"); err != nil {
-		return err
-	}
-
-	// 3. Latency from the pod, one query at a time from a blocking socket.
-	if err := warm(); err != nil {
-		return err
-	}
+	vip := netip.AddrPortFrom(e.vip, 53).String()
 	n := int(e.cfg.LatRate * e.cfg.LatDuration.Seconds())
 	e.logf("%s: latency, %d queries at %.0f QPS", r.System, n, e.cfg.LatRate)
-	if err := e.pod.Do(func() error {
+	return e.pod.Do(func() error {
 		var err error
 		r.Lat, err = bench.RunLatSerial(ctx, vip, e.queries, n, e.cfg.LatRate, time.Second)
-		return err
-	}); err != nil {
-		return errors.Join(err, alive("latency"))
-	}
-	return alive("latency")
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		return nil
+	})
 }
 
 // warm asks every name from the pod through the steering until all are

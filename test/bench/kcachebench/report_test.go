@@ -1,0 +1,107 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dnsaccel/dnsaccel/test/bench"
+)
+
+// fixedRun is a run whose node CPU per answer is nodeUS, over 1000 answers.
+func fixedRun(round, clients int, nodeUS float64) FixedRun {
+	return FixedRun{Round: round, Clients: clients, Perf: bench.PerfResult{Sent: 1000, Completed: 1000, NoError: 1000, QPS: 30000},
+		NodeCPU: time.Duration(nodeUS * 1000 * float64(time.Microsecond)), PerfSwitches: 1500}
+}
+
+func testReport() *Report {
+	cfg := DefaultConfig()
+	cfg.Systems = []string{SysKernel, SysUnbound}
+	k := Result{System: SysKernel, Label: "kernel path"}
+	u := Result{System: SysUnbound, Label: "unbound"}
+	// Round 2 is slow for both: paired ratios 0.3, 0.5, 0.35 at -c 1,
+	// while the ratio of the medians would be 9/30 = 0.3.
+	for round, v := range [][2]float64{{9, 30}, {20, 40}, {7, 20}} {
+		k.Fixed = append(k.Fixed, fixedRun(round, 1, v[0]), fixedRun(round, 4, 2*v[0]))
+		u.Fixed = append(u.Fixed, fixedRun(round, 1, v[1]), fixedRun(round, 4, v[1]))
+	}
+	return &Report{Config: cfg, Results: []Result{k, u}}
+}
+
+func TestRatioIsMedianOfRounds(t *testing.T) {
+	rep := testReport()
+	tests := []struct {
+		clients     int
+		med, lo, hi float64
+	}{
+		{1, 0.35, 0.3, 0.5},
+		{4, 0.7, 0.6, 1.0},
+	}
+	for _, tt := range tests {
+		med, lo, hi, ok := rep.ratio(tt.clients)
+		if !ok || !near(med, tt.med) || !near(lo, tt.lo) || !near(hi, tt.hi) {
+			t.Errorf("-c %d: ratio %.3f (%.3f–%.3f) ok=%v, want %.3f (%.3f–%.3f)", tt.clients, med, lo, hi, ok, tt.med, tt.lo, tt.hi)
+		}
+	}
+	if got := rep.Results[0].NodeCPUPerAns(1); !near(got, 9) {
+		t.Errorf("kernel median node CPU = %.2f, want 9", got)
+	}
+	ts := rep.targets()
+	if !strings.HasPrefix(ts[0].value, "0.35×") || ts[0].verdict != "met" {
+		t.Errorf("headline target = %+v, want 0.35× met", ts[0])
+	}
+	if !strings.Contains(ts[1].what, "-c 4") || ts[1].verdict == "met" {
+		t.Errorf("-c 4 target = %+v, want not met", ts[1])
+	}
+}
+
+func TestRatioNeedsBothSystems(t *testing.T) {
+	rep := testReport()
+	rep.Results[1].Err = "unbound failed"
+	if _, _, _, ok := rep.ratio(1); ok {
+		t.Fatal("ratio without unbound")
+	}
+	if ts := rep.targets(); !strings.Contains(ts[0].verdict, "not measured") {
+		t.Errorf("target without unbound = %+v", ts[0])
+	}
+}
+
+func TestRunOrderFollowsTurns(t *testing.T) {
+	rep := testReport()
+	var got []string
+	for _, f := range rep.runOrder() {
+		got = append(got, f.system[:1]+string(rune('0'+f.Round))+string(rune('0'+f.Clients)))
+	}
+	// Round 0 starts with the kernel path, round 1 with unbound, round 2
+	// with the kernel path again; each system runs -c 1 then -c 4.
+	want := "k01 k04 u01 u04 u11 u14 k11 k14 k21 k24 u21 u24"
+	if strings.Join(got, " ") != want {
+		t.Errorf("run order %s, want %s", strings.Join(got, " "), want)
+	}
+}
+
+func TestMarkdownListsEveryRun(t *testing.T) {
+	rep := testReport()
+	md := rep.Markdown("")
+	if n := strings.Count(md, "| 30000 | 0 |"); n != 12 {
+		t.Errorf("per-run table has %d rows, want 12", n)
+	}
+	for _, want := range []string{SectionStart, SectionEnd, "0.35×, median of 3 rounds (0.30–0.50)", "1.50 at -c 1"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tt := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tt.in); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
