@@ -157,6 +157,9 @@ func RunLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 	return runLatGen(ctx, addr, queries, total, rate, nsock, timeout)
 }
 
+// MergeLat pools runs of the same kind: their samples, counts and rates.
+func MergeLat(rs ...LatResult) LatResult { return mergeLat(rs...) }
+
 // RunLatSerial measures latency one query at a time from a blocking socket
 // on the calling goroutine's OS thread (see runLatSerial); inside
 // netns.Pod.Do its socket belongs to the pod.

@@ -32,7 +32,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -49,7 +48,7 @@ func main() {
 	flag.Float64Var(&cfg.LatRate, "lat-rate", cfg.LatRate, "queries/s of the latency phase (own generator, in the pod)")
 	flag.IntVar(&cfg.ServerCPU, "server-cpu", cfg.ServerCPU, "core the server under test (and the upstream) is pinned to")
 	flag.IntVar(&cfg.PerfClients, "clients", cfg.PerfClients, "dnsperf's sockets (-c) in the max-QPS phase")
-	fixedClients := flag.String("fixed-clients", joinInts(cfg.FixedClients), "comma-separated dnsperf socket counts (-c) of the fixed-rate runs; the first gives the headline figure")
+	loads := flag.String("loads", FlagLoads(cfg.Loads), "how dnsperf runs in the fixed-rate runs, comma-separated: its socket count (-c), /batch to run it as SCHED_BATCH; the first gives the headline figures")
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "fixed-rate rounds, the systems taking turns (figures are medians over rounds)")
 	flag.IntVar(&cfg.LoadCPU, "load-cpu", cfg.LoadCPU, "core dnsperf and the harness are pinned to")
 	flag.DurationVar(&cfg.WaitIdle, "wait-idle", cfg.WaitIdle, "before each system, wait up to this long for both cores to be idle (0 = don't)")
@@ -65,8 +64,12 @@ func main() {
 		os.Exit(2)
 	}
 	var err error
-	if cfg.FixedClients, err = parseInts(*fixedClients); err != nil || len(cfg.FixedClients) == 0 || cfg.Rounds < 1 {
-		fmt.Fprintf(os.Stderr, "kcachebench: -fixed-clients wants positive integers (got %q: %v), -rounds at least 1\n", *fixedClients, err)
+	if cfg.Loads, err = ParseLoads(*loads); err != nil {
+		fmt.Fprintf(os.Stderr, "kcachebench: -loads: %v\n", err)
+		os.Exit(2)
+	}
+	if cfg.Rounds < 1 {
+		fmt.Fprintln(os.Stderr, "kcachebench: -rounds: at least 1")
 		os.Exit(2)
 	}
 	cfg.Systems = nil
@@ -110,22 +113,3 @@ func main() {
 	}
 }
 
-func joinInts(v []int) string {
-	s := make([]string, len(v))
-	for i, n := range v {
-		s[i] = strconv.Itoa(n)
-	}
-	return strings.Join(s, ",")
-}
-
-func parseInts(s string) ([]int, error) {
-	var v []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive integer", f)
-		}
-		v = append(v, n)
-	}
-	return v, nil
-}

@@ -8,22 +8,29 @@ import (
 	"github.com/dnsaccel/dnsaccel/test/bench"
 )
 
+var (
+	c1Batch = Load{Clients: 1, Batch: true}
+	c4      = Load{Clients: 4}
+)
+
 // fixedRun is a run whose node CPU per answer is nodeUS, over 1000 answers.
-func fixedRun(round, clients int, nodeUS float64) FixedRun {
-	return FixedRun{Round: round, Clients: clients, Perf: bench.PerfResult{Sent: 1000, Completed: 1000, NoError: 1000, QPS: 30000},
+func fixedRun(round int, load Load, nodeUS float64) FixedRun {
+	return FixedRun{Round: round, Load: load, Perf: bench.PerfResult{Sent: 1000, Completed: 1000, NoError: 1000, QPS: 30000},
 		NodeCPU: time.Duration(nodeUS * 1000 * float64(time.Microsecond)), PerfSwitches: 1500}
 }
 
 func testReport() *Report {
 	cfg := DefaultConfig()
 	cfg.Systems = []string{SysKernel, SysUnbound}
+	cfg.Loads = []Load{c1Batch, c4}
+	cfg.Rounds = 3
 	k := Result{System: SysKernel, Label: "kernel path"}
 	u := Result{System: SysUnbound, Label: "unbound"}
 	// Round 2 is slow for both: paired ratios 0.3, 0.5, 0.35 at -c 1,
 	// while the ratio of the medians would be 9/30 = 0.3.
 	for round, v := range [][2]float64{{9, 30}, {20, 40}, {7, 20}} {
-		k.Fixed = append(k.Fixed, fixedRun(round, 1, v[0]), fixedRun(round, 4, 2*v[0]))
-		u.Fixed = append(u.Fixed, fixedRun(round, 1, v[1]), fixedRun(round, 4, v[1]))
+		k.Fixed = append(k.Fixed, fixedRun(round, c1Batch, v[0]), fixedRun(round, c4, 2*v[0]))
+		u.Fixed = append(u.Fixed, fixedRun(round, c1Batch, v[1]), fixedRun(round, c4, v[1]))
 	}
 	return &Report{Config: cfg, Results: []Result{k, u}}
 }
@@ -31,19 +38,19 @@ func testReport() *Report {
 func TestRatioIsMedianOfRounds(t *testing.T) {
 	rep := testReport()
 	tests := []struct {
-		clients     int
+		load        Load
 		med, lo, hi float64
 	}{
-		{1, 0.35, 0.3, 0.5},
-		{4, 0.7, 0.6, 1.0},
+		{c1Batch, 0.35, 0.3, 0.5},
+		{c4, 0.7, 0.6, 1.0},
 	}
 	for _, tt := range tests {
-		med, lo, hi, ok := rep.ratio(tt.clients)
-		if !ok || !near(med, tt.med) || !near(lo, tt.lo) || !near(hi, tt.hi) {
-			t.Errorf("-c %d: ratio %.3f (%.3f–%.3f) ok=%v, want %.3f (%.3f–%.3f)", tt.clients, med, lo, hi, ok, tt.med, tt.lo, tt.hi)
+		med, lo, hi, n := rep.ratio(tt.load)
+		if n != 3 || !near(med, tt.med) || !near(lo, tt.lo) || !near(hi, tt.hi) {
+			t.Errorf("%s: ratio %.3f (%.3f–%.3f) rounds=%d, want %.3f (%.3f–%.3f) of 3", tt.load, med, lo, hi, n, tt.med, tt.lo, tt.hi)
 		}
 	}
-	if got := rep.Results[0].NodeCPUPerAns(1); !near(got, 9) {
+	if got := rep.Results[0].NodeCPUPerAns(c1Batch); !near(got, 9) {
 		t.Errorf("kernel median node CPU = %.2f, want 9", got)
 	}
 	ts := rep.targets()
@@ -58,7 +65,7 @@ func TestRatioIsMedianOfRounds(t *testing.T) {
 func TestRatioNeedsBothSystems(t *testing.T) {
 	rep := testReport()
 	rep.Results[1].Err = "unbound failed"
-	if _, _, _, ok := rep.ratio(1); ok {
+	if _, _, _, n := rep.ratio(c1Batch); n != 0 {
 		t.Fatal("ratio without unbound")
 	}
 	if ts := rep.targets(); !strings.Contains(ts[0].verdict, "not measured") {
@@ -70,7 +77,7 @@ func TestRunOrderFollowsTurns(t *testing.T) {
 	rep := testReport()
 	var got []string
 	for _, f := range rep.runOrder() {
-		got = append(got, f.system[:1]+string(rune('0'+f.Round))+string(rune('0'+f.Clients)))
+		got = append(got, f.system[:1]+string(rune('0'+f.Round))+string(rune('0'+f.Load.Clients)))
 	}
 	// Round 0 starts with the kernel path, round 1 with unbound, round 2
 	// with the kernel path again; each system runs -c 1 then -c 4.
@@ -86,10 +93,54 @@ func TestMarkdownListsEveryRun(t *testing.T) {
 	if n := strings.Count(md, "| 30000 | 0 |"); n != 12 {
 		t.Errorf("per-run table has %d rows, want 12", n)
 	}
-	for _, want := range []string{SectionStart, SectionEnd, "0.35×, median of 3 rounds (0.30–0.50)", "1.50 at -c 1"} {
+	for _, want := range []string{SectionStart, SectionEnd, "0.35×, median of 3 rounds (0.30–0.50)", "1.50 at -c 1, SCHED_BATCH"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}
+	}
+}
+
+func TestParseLoads(t *testing.T) {
+	got, err := ParseLoads("1/batch, 1,4")
+	want := []Load{c1Batch, {Clients: 1}, c4}
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("ParseLoads = %v, %v; want %v", got, err, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("load %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	if s := FlagLoads(got); s != "1/batch,1,4" {
+		t.Errorf("FlagLoads = %q", s)
+	}
+	for _, bad := range []string{"", "0", "x", "1/fifo", "-2/batch"} {
+		if _, err := ParseLoads(bad); err == nil {
+			t.Errorf("ParseLoads(%q) accepted", bad)
+		}
+	}
+}
+
+func TestP99IsMedianOfRounds(t *testing.T) {
+	rep := testReport()
+	k := &rep.Results[0]
+	for round, p99 := range []time.Duration{12, 90, 20} {
+		k.Lats = append(k.Lats, LatRun{Round: round, Lat: bench.LatResult{Sent: 100, P50: 6 * time.Microsecond, P99: p99 * time.Microsecond}})
+	}
+	med, lo, hi := k.P99()
+	if med != 20*time.Microsecond || lo != 12*time.Microsecond || hi != 90*time.Microsecond {
+		t.Errorf("P99 = %v (%v–%v), want 20µs (12µs–90µs)", med, lo, hi)
+	}
+	if tg := rep.p99Target(*k); tg.verdict != "met" || !strings.HasPrefix(tg.value, "20 µs, median of 3 rounds (12–90)") {
+		t.Errorf("p99 target = %+v", tg)
+	}
+	k.Lats[2].Lat.P99 = 31 * time.Microsecond
+	if tg := rep.p99Target(*k); tg.verdict == "met" {
+		t.Errorf("p99 target with a 31 µs median = %+v, want not met", tg)
+	}
+	k.Lats = nil
+	if tg := rep.p99Target(*k); tg.verdict == "met" {
+		t.Errorf("p99 target without latency runs = %+v, want not met", tg)
 	}
 }
 

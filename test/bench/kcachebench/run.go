@@ -47,7 +47,7 @@ type Config struct {
 	LatRate          float64       `json:"lat_rate"`
 	PerfClients      int           `json:"perf_clients"` // dnsperf's sockets in the max-QPS phase
 	PerfOutstanding  int           `json:"perf_outstanding"`
-	FixedClients     []int         `json:"fixed_clients"` // dnsperf's sockets in the fixed-rate runs; the first is the headline
+	Loads            []Load        `json:"loads"` // how dnsperf runs in the fixed-rate runs; the first is the headline
 	FixedOutstanding int           `json:"fixed_outstanding"`
 	Rounds           int           `json:"rounds"` // fixed-rate rounds, the systems taking turns
 	ServerCPU        int           `json:"server_cpu"`
@@ -68,15 +68,15 @@ func DefaultConfig() Config {
 	return Config{
 		Systems:          append([]string(nil), AllSystems...),
 		Duration:         10 * time.Second,
-		FixedDuration:    6 * time.Second,
+		FixedDuration:    5 * time.Second,
 		FixedRate:        30000,
-		LatDuration:      4 * time.Second,
+		LatDuration:      3 * time.Second,
 		LatRate:          5000,
 		PerfClients:      4,
 		PerfOutstanding:  100,
-		FixedClients:     []int{1, 4},
+		Loads:            []Load{{Clients: 1, Batch: true}, {Clients: 1}, {Clients: 4}},
 		FixedOutstanding: 200,
-		Rounds:           3,
+		Rounds:           5,
 		ServerCPU:        1,
 		LoadCPU:          0,
 		WaitIdle:         20 * time.Second,
@@ -113,19 +113,42 @@ type Result struct {
 	MaxServerCPU time.Duration    `json:"max_server_cpu_ns"`
 
 	// Fixed holds every fixed-rate run: Config.Rounds rounds, each at every
-	// count of Config.FixedClients, the systems taking turns round by round.
+	// load of Config.Loads, the systems taking turns round by round.
 	Fixed []FixedRun `json:"fixed"`
 	// KernelEntries is the answers in the kernel's map after warming.
 	KernelEntries float64 `json:"kernel_entries"`
 
-	Lat bench.LatResult `json:"latency"`
+	// Lats are the latency runs, one per round after its fixed-rate runs;
+	// Lat pools their samples.
+	Lats []LatRun       `json:"latency_rounds"`
+	Lat  bench.LatResult `json:"latency"`
+}
+
+// LatRun is one round's latency run.
+type LatRun struct {
+	Round int             `json:"round"`
+	Lat   bench.LatResult `json:"latency"`
+}
+
+// P99 is the median of the rounds' p99 latencies, with the lowest and
+// highest: a round on this VM that the host disturbed moves its own p99
+// by tens of µs, and the median leaves it out.
+func (r Result) P99() (med, lo, hi time.Duration) {
+	var v []float64
+	for _, l := range r.Lats {
+		v = append(v, float64(l.Lat.P99))
+	}
+	if len(v) == 0 {
+		return 0, 0, 0
+	}
+	return time.Duration(median(v)), time.Duration(slices.Min(v)), time.Duration(slices.Max(v))
 }
 
 // FixedRun is one fixed-rate dnsperf run against a freshly started and
 // warmed system.
 type FixedRun struct {
 	Round   int              `json:"round"`
-	Clients int              `json:"clients"`
+	Load    Load             `json:"load"`
 	Perf    bench.PerfResult `json:"perf"`
 	Wall    time.Duration    `json:"wall_ns"`
 	// NodeCPU is the whole machine's busy time during the run: every CPU,
@@ -183,33 +206,80 @@ func (f FixedRun) BackgroundPerAns() float64 {
 	return perAnswer(time.Duration(f.Background*float64(f.Wall)), f.Perf.NoError)
 }
 
-// runs are the fixed-rate runs with dnsperf at the given client count.
-func (r Result) runs(clients int) []FixedRun {
+// Load is how dnsperf runs in a fixed-rate run.
+type Load struct {
+	Clients int `json:"clients"` // its sockets, -c
+	// Batch runs it as SCHED_BATCH (chrt -b 0), so that its receiving
+	// thread, woken by an answer, does not preempt its sending thread.
+	Batch bool `json:"batch"`
+}
+
+func (l Load) String() string {
+	if l.Batch {
+		return fmt.Sprintf("-c %d, SCHED_BATCH", l.Clients)
+	}
+	return fmt.Sprintf("-c %d", l.Clients)
+}
+
+// Flag is the load as -loads spells it: 1/batch, 4.
+func (l Load) Flag() string {
+	if l.Batch {
+		return fmt.Sprintf("%d/batch", l.Clients)
+	}
+	return strconv.Itoa(l.Clients)
+}
+
+// ParseLoads parses -loads: comma-separated N or N/batch.
+func ParseLoads(s string) ([]Load, error) {
+	var out []Load
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		n, batch := strings.CutSuffix(f, "/batch")
+		c, err := strconv.Atoi(n)
+		if err != nil || c < 1 {
+			return nil, fmt.Errorf("load %q: want a socket count, optionally followed by /batch (4, 1/batch)", f)
+		}
+		out = append(out, Load{Clients: c, Batch: batch})
+	}
+	return out, nil
+}
+
+// FlagLoads spells loads as -loads takes them.
+func FlagLoads(loads []Load) string {
+	s := make([]string, len(loads))
+	for i, l := range loads {
+		s[i] = l.Flag()
+	}
+	return strings.Join(s, ",")
+}
+
+// runs are the fixed-rate runs with the given load.
+func (r Result) runs(load Load) []FixedRun {
 	var out []FixedRun
 	for _, f := range r.Fixed {
-		if f.Clients == clients {
+		if f.Load == load {
 			out = append(out, f)
 		}
 	}
 	return out
 }
 
-// run is the fixed-rate run of one round and client count.
-func (r Result) run(round, clients int) (FixedRun, bool) {
+// run is the fixed-rate run of one round and load.
+func (r Result) run(round int, load Load) (FixedRun, bool) {
 	for _, f := range r.Fixed {
-		if f.Round == round && f.Clients == clients {
+		if f.Round == round && f.Load == load {
 			return f, true
 		}
 	}
 	return FixedRun{}, false
 }
 
-// Median is the median of figure over the runs at the given client count
-// (0 without runs): the rounds are minutes apart, and this VM's speed
+// Median is the median of figure over the runs with the given load (0
+// without runs): the rounds are minutes apart, and this VM's speed
 // drifts by more than the differences measured.
-func (r Result) Median(clients int, figure func(FixedRun) float64) float64 {
+func (r Result) Median(load Load, figure func(FixedRun) float64) float64 {
 	var v []float64
-	for _, f := range r.runs(clients) {
+	for _, f := range r.runs(load) {
 		v = append(v, figure(f))
 	}
 	return median(v)
@@ -227,16 +297,16 @@ func median(v []float64) float64 {
 	return v[len(v)/2]
 }
 
-// NodeCPUPerAns is the median node CPU per answer at the given client count.
-func (r Result) NodeCPUPerAns(clients int) float64 {
-	return r.Median(clients, FixedRun.NodeCPUPerAns)
+// NodeCPUPerAns is the median node CPU per answer with the given load.
+func (r Result) NodeCPUPerAns(load Load) float64 {
+	return r.Median(load, FixedRun.NodeCPUPerAns)
 }
 
-// Totals sums the runs at the given client count: sent, lost and
-// answered queries, kernel answers, and the slowest run's rate.
-func (r Result) Totals(clients int) (t FixedTotals) {
+// Totals sums the runs with the given load: sent, lost and answered
+// queries, kernel answers, and the slowest run's rate.
+func (r Result) Totals(load Load) (t FixedTotals) {
 	t.MinQPS = -1
-	for i, f := range r.runs(clients) {
+	for i, f := range r.runs(load) {
 		t.Sent += f.Perf.Sent
 		t.Lost += f.Perf.Lost
 		t.Completed += f.Perf.Completed
@@ -251,7 +321,7 @@ func (r Result) Totals(clients int) (t FixedTotals) {
 	return t
 }
 
-// FixedTotals are the fixed-rate runs of one client count taken together.
+// FixedTotals are the fixed-rate runs of one load taken together.
 type FixedTotals struct {
 	Sent, Lost, Completed, NoError int
 	KernelHits                     float64
@@ -384,20 +454,28 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if r.Err != "" {
 				continue
 			}
-			if err := phase(r, fmt.Sprintf("round %d of %d, node CPU at %.0f QPS", round+1, cfg.Rounds, cfg.FixedRate), func(srv *server) error {
-				return e.measureFixed(ctx, srv, r, round)
+			if err := phase(r, fmt.Sprintf("round %d of %d, node CPU at %.0f QPS and latency", round+1, cfg.Rounds, cfg.FixedRate), func(srv *server) error {
+				return e.measureRound(ctx, srv, r, round)
 			}); err != nil {
 				return nil, err
 			}
 		}
 	}
-	// 2. Maximum QPS and latency, once per system.
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		var lats []bench.LatResult
+		for _, l := range r.Lats {
+			lats = append(lats, l.Lat)
+		}
+		r.Lat = bench.MergeLat(lats...)
+	}
+	// 2. Maximum QPS, once per system.
 	for i := range rep.Results {
 		r := &rep.Results[i]
 		if r.Err != "" {
 			continue
 		}
-		if err := phase(r, "max QPS and latency", func(srv *server) error { return e.measureMaxLat(ctx, srv, r) }); err != nil {
+		if err := phase(r, "max QPS", func(srv *server) error { return e.measureMax(ctx, srv, r) }); err != nil {
 			return nil, err
 		}
 	}
@@ -655,17 +733,24 @@ func (s *server) alive() error {
 	return nil
 }
 
-// perfWrap runs dnsperf inside the pod.
-func (e *env) perfWrap() []string { return []string{"ip", "netns", "exec", e.pod.Name} }
+// perfWrap runs dnsperf inside the pod, as SCHED_BATCH when batch.
+func (e *env) perfWrap(batch bool) []string {
+	w := []string{"ip", "netns", "exec", e.pod.Name}
+	if batch {
+		w = append(w, "chrt", "--batch", "0")
+	}
+	return w
+}
 
-// measureFixed warms the system and runs dnsperf at the fixed rate once per
-// client count, recording the machine's busy time around each run.
-func (e *env) measureFixed(ctx context.Context, srv *server, r *Result, round int) error {
-	for _, clients := range e.cfg.FixedClients {
+// measureRound warms the system and runs dnsperf at the fixed rate once per
+// load, recording the machine's busy time around each run, then measures
+// the latency from the pod.
+func (e *env) measureRound(ctx context.Context, srv *server, r *Result, round int) error {
+	for _, load := range e.cfg.Loads {
 		if err := e.warm(ctx, srv, r); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
-		f := FixedRun{Round: round, Clients: clients}
+		f := FixedRun{Round: round, Load: load}
 		// The load the machine carries without us, for the record.
 		b0, err := bench.SampleMachine()
 		if err != nil {
@@ -685,61 +770,64 @@ func (e *env) measureFixed(ctx context.Context, srv *server, r *Result, round in
 		m0, _ := bench.SampleMachine()
 		t0 = time.Now()
 		var u bench.PerfUsage
-		f.Perf, u, _, err = bench.RunDNSPerfUsage(ctx, e.cfg.LoadCPU, e.perfWrap(), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
-			Duration: e.cfg.FixedDuration, Clients: clients, Outstand: e.cfg.FixedOutstanding, MaxQPS: e.cfg.FixedRate, Timeout: time.Second})
+		f.Perf, u, _, err = bench.RunDNSPerfUsage(ctx, e.cfg.LoadCPU, e.perfWrap(load.Batch), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
+			Duration: e.cfg.FixedDuration, Clients: load.Clients, Outstand: e.cfg.FixedOutstanding, MaxQPS: e.cfg.FixedRate, Timeout: time.Second})
 		f.Wall = time.Since(t0)
 		f.PerfUser, f.PerfSys, f.PerfSwitches = u.User, u.Sys, u.Voluntary+u.Involuntary
 		m1, _ := bench.SampleMachine()
 		c1, _ := bench.CPUTime(srv.proc.Pid())
 		if err != nil {
-			return fmt.Errorf("fixed rate, -c %d: %w", clients, err)
+			return fmt.Errorf("fixed rate, %s: %w", load, err)
 		}
 		f.NodeCPU, f.NodeCPUTicks, f.ServerCPU = m1.BusySince(m0), m1.TickBusySince(m0), c1-c0
 		f.KernelHits = e.kernelHits(ctx, srv) - h0
-		e.logf("%s: -c %d: node CPU %.1f µs per answer, dnsperf sys %.1f, server %.2f; dnsperf switches %.2f per answer (%d voluntary, %d preempted)",
-			r.System, clients, f.NodeCPUPerAns(), f.PerfSysPerAns(), f.ServerPerAns(), f.SwitchesPerAns(), u.Voluntary, u.Involuntary)
+		e.logf("%s: %s: node CPU %.1f µs per answer, dnsperf sys %.1f, server %.2f; dnsperf switches %.2f per answer (%d voluntary, %d preempted)",
+			r.System, load, f.NodeCPUPerAns(), f.PerfSysPerAns(), f.ServerPerAns(), f.SwitchesPerAns(), u.Voluntary, u.Involuntary)
 		r.Fixed = append(r.Fixed, f)
 		if err := srv.alive(); err != nil {
 			return err
 		}
 	}
-	return nil
+	return e.measureLatency(ctx, srv, r, round)
 }
 
-// measureMaxLat measures the maximum QPS (dnsperf unthrottled) and the
-// latency from the pod, one query at a time from a blocking socket.
-func (e *env) measureMaxLat(ctx context.Context, srv *server, r *Result) error {
+// measureMax measures the maximum QPS, dnsperf unthrottled.
+func (e *env) measureMax(ctx context.Context, srv *server, r *Result) error {
 	if err := e.warm(ctx, srv, r); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	e.logf("%s: max QPS, dnsperf unthrottled for %s", r.System, e.cfg.Duration)
 	c0, _ := bench.CPUTime(srv.proc.Pid())
 	var err error
-	r.Max, _, _, _, err = bench.RunDNSPerf(ctx, e.cfg.LoadCPU, e.perfWrap(), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
+	r.Max, _, _, _, err = bench.RunDNSPerf(ctx, e.cfg.LoadCPU, e.perfWrap(false), e.vip.String(), bench.PerfOpts{Port: 53, DataFile: e.dataFile,
 		Duration: e.cfg.Duration, Clients: e.cfg.PerfClients, Outstand: e.cfg.PerfOutstanding, Timeout: time.Second})
 	if err != nil {
 		return fmt.Errorf("max QPS: %w", err)
 	}
 	c1, _ := bench.CPUTime(srv.proc.Pid())
 	r.MaxServerCPU = c1 - c0
-	if err := srv.alive(); err != nil {
-		return err
-	}
+	return nil
+}
 
+// measureLatency measures the latency from the pod, one query at a time
+// from a blocking socket.
+func (e *env) measureLatency(ctx context.Context, srv *server, r *Result, round int) error {
 	if err := e.warm(ctx, srv, r); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	vip := netip.AddrPortFrom(e.vip, 53).String()
 	n := int(e.cfg.LatRate * e.cfg.LatDuration.Seconds())
-	e.logf("%s: latency, %d queries at %.0f QPS", r.System, n, e.cfg.LatRate)
-	return e.pod.Do(func() error {
+	var lat bench.LatResult
+	if err := e.pod.Do(func() error {
 		var err error
-		r.Lat, err = bench.RunLatSerial(ctx, vip, e.queries, n, e.cfg.LatRate, time.Second)
-		if err != nil {
-			return fmt.Errorf("latency: %w", err)
-		}
-		return nil
-	})
+		lat, err = bench.RunLatSerial(ctx, vip, e.queries, n, e.cfg.LatRate, time.Second)
+		return err
+	}); err != nil {
+		return fmt.Errorf("latency: %w", err)
+	}
+	e.logf("%s: latency, %d queries at %.0f QPS: p50 %s, p99 %s, %d lost", r.System, n, e.cfg.LatRate, lat.P50, lat.P99, lat.Lost)
+	r.Lats = append(r.Lats, LatRun{Round: round, Lat: lat})
+	return nil
 }
 
 // warm asks every name from the pod through the steering until all are
