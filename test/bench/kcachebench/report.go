@@ -5,7 +5,6 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -290,7 +289,7 @@ func (rep *Report) Markdown(plotRel string) string {
 	p("| Figure | How |\n|---|---|\n")
 	p("| **Node CPU µs per answer** at %s QPS | dnsperf `-Q %.0f -q %d` for %s, once with each load (%s); the targets judge `%s`. All CPU time of the machine during the run — both cores, every state but idle and iowait — **minus dnsperf's own user time** (its utime, from `wait4`'s rusage when it exits), divided by NOERROR answers. So every piece of kernel work counts wherever the kernel accounts it: the pod's syscalls (dnsperf's system time, shown separately), veth, softirq, the tc program, the server. The machine's busy time is taken as CPUs × elapsed time minus the idle and iowait time of `/proc/stat` (exact with NO_HZ: measured at idle entry and exit), not as the sum of its user/system/softirq columns, which this kernel (`CONFIG_TICK_CPU_ACCOUNTING`, no `IRQ_TIME_ACCOUNTING`) samples at timer ticks: in 2 s runs that sum was off by up to half, once below dnsperf's own user time. dnsperf's user/system split is tick-sampled too (its total is exact), which makes the subtraction noisier in short runs. |\n",
 		fixed, cfg.FixedRate, cfg.FixedOutstanding, cfg.FixedDuration, loadList(cfg.Loads), rep.headline())
-	p("| Rounds | the fixed-rate runs come in %d rounds, each system started afresh and warmed for each: every round measures every system in turn, starting one system later than the round before, and the figures are medians over the rounds. The ratio to unbound is the median of the rounds' own ratios, so each compares runs a minute or two apart: identical runs on this VM differed by up to 40%% from one minute to the next (dnsperf's system time per answer was 10.8–15.1 µs in three full runs of the kernel path on 2026-12-03, one system after another). |\n", cfg.Rounds)
+	p("| Rounds | the fixed-rate runs come in %d rounds, each system started afresh and warmed for each: every round measures every system in turn, starting one system later than the round before, the kernel path and unbound always one right after the other, and the figures are medians over the rounds. The ratio to unbound is the median of the rounds' own ratios, so each compares runs a minute or two apart: identical runs on this VM differed by up to 40%% from one minute to the next (dnsperf's system time per answer was 10.8–15.1 µs in three full runs of the kernel path on 2026-12-03, one system after another). |\n", cfg.Rounds)
 	p("| Loads | how dnsperf runs: its socket count (`-c`) and its scheduling class. dnsperf has a sending and a receiving thread; both share the load core. Two things in it cost node CPU that no resolver in a pod spends, and they weigh most where the server costs least. (1) On the kernel path the answer arrives during `sendto` itself, so the receiving thread is woken and, under the default scheduling, preempts the sending one for about half of the answers: two more context switches each. A pod's resolver (glibc: send, then poll the same socket) finds the answer already queued and does not sleep at all. Running dnsperf as `SCHED_BATCH` (`chrt --batch 0`) turns off that wake-up preemption, and nothing else. (2) The receiving thread tries every socket in turn for each read, so with `-c 4` every wake-up adds up to four failing `recvfrom` calls, about 0.9 µs each here (a bare syscall costs 0.93 µs on this VM, ten times a bare-metal one); a resolver uses one socket per lookup, as dnsperf does by default. The headline load is therefore one socket, `SCHED_BATCH`; the others show each effect (%s). |\n", rep.switchSummary())
 	p("| Server µs per answer | the server process's utime+stime (`/proc/PID/stat`, all threads) over the same run ÷ answers. |\n")
 	p("| Kernel answers | node-cache's `coredns_nodecache_offload_hits_total` over the same run ÷ answers. |\n")
@@ -421,26 +420,23 @@ type orderedRun struct {
 }
 
 // runOrder lists every fixed-rate run in the order it ran: by round, then
-// by the round's turn (rounds start at successive systems), then by client
-// count.
+// by the round's order (roundOrder), then by load.
 func (rep *Report) runOrder() []orderedRun {
-	n := len(rep.Results)
+	var systems []string
+	for _, r := range rep.Results {
+		systems = append(systems, r.System)
+	}
 	var out []orderedRun
-	turn := map[string]int{}
-	for i, r := range rep.Results {
-		turn[r.System] = i
-		for _, f := range r.Fixed {
-			out = append(out, orderedRun{f, r.System})
+	for round := range rep.Config.Rounds {
+		for _, i := range roundOrder(systems, round) {
+			r := rep.Results[i]
+			for _, l := range rep.Config.Loads {
+				if f, ok := r.run(round, l); ok {
+					out = append(out, orderedRun{f, r.System})
+				}
+			}
 		}
 	}
-	pos := func(o orderedRun) int { return (turn[o.system] - o.Round%max(n, 1) + n) % max(n, 1) }
-	sort.SliceStable(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Round != b.Round {
-			return a.Round < b.Round
-		}
-		return pos(a) < pos(b)
-	})
 	return out
 }
 

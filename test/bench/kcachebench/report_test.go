@@ -144,6 +144,26 @@ func TestP99IsMedianOfRounds(t *testing.T) {
 	}
 }
 
+func TestRoundOrderPairsKernelAndUnbound(t *testing.T) {
+	systems := []string{SysKernel, SysNodeCache, SysUnbound, SysCoreDNS}
+	want := [][]int{{0, 2, 1, 3}, {1, 2, 0, 3}, {2, 0, 3, 1}, {3, 0, 2, 1}, {0, 2, 1, 3}}
+	for round, w := range want {
+		got := roundOrder(systems, round)
+		if len(got) != len(w) {
+			t.Fatalf("round %d: %v, want %v", round, got, w)
+		}
+		for i := range w {
+			if got[i] != w[i] {
+				t.Errorf("round %d: %v, want %v", round, got, w)
+				break
+			}
+		}
+	}
+	if got := roundOrder([]string{SysNodeCache, SysCoreDNS}, 1); len(got) != 2 || got[0] != 1 || got[1] != 0 {
+		t.Errorf("without the pair: %v, want [1 0]", got)
+	}
+}
+
 func TestMedian(t *testing.T) {
 	for _, tt := range []struct {
 		in   []float64

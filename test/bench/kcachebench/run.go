@@ -445,12 +445,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return ctx.Err()
 	}
 	// 1. Node CPU at a fixed rate: the systems take turns, round by round,
-	// each round starting with the next system, so that the machine's
-	// drift over minutes falls on every system alike.
-	n := len(rep.Results)
+	// so that the machine's drift over minutes falls on every system alike.
 	for round := range cfg.Rounds {
-		for i := range n {
-			r := &rep.Results[(i+round)%n]
+		for _, i := range roundOrder(cfg.Systems, round) {
+			r := &rep.Results[i]
 			if r.Err != "" {
 				continue
 			}
@@ -710,6 +708,33 @@ func (e *env) startPeer(ctx context.Context, name string) (_ *server, err error)
 	}()
 	undo = append(undo, func() { close(done); wg.Wait(); dp.Stop() })
 	return &server{proc: p, stop: stop}, nil
+}
+
+// roundOrder is the order in which a round measures the systems, as
+// indexes into systems: each round starts one system later than the one
+// before, and the kernel path and unbound, whose ratio is the target, are
+// measured one right after the other (which of them first alternates), so
+// that each round's ratio compares runs seconds apart.
+func roundOrder(systems []string, round int) []int {
+	n := len(systems)
+	partner := map[string]string{SysKernel: SysUnbound, SysUnbound: SysKernel}
+	index := map[string]int{}
+	for i, s := range systems {
+		index[s] = i
+	}
+	var order []int
+	done := make([]bool, n)
+	for k := range n {
+		i := (k + round) % n
+		if done[i] {
+			continue
+		}
+		order, done[i] = append(order, i), true
+		if j, ok := index[partner[systems[i]]]; ok && !done[j] {
+			order, done[j] = append(order, j), true
+		}
+	}
+	return order
 }
 
 // with starts system r.System, runs f against it and stops it.
