@@ -157,6 +157,17 @@ func RunLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 	return runLatGen(ctx, addr, queries, total, rate, nsock, timeout)
 }
 
+// ClosedLoopResult is what RunClosedLoop measured.
+type ClosedLoopResult = closedLoopResult
+
+// RunClosedLoop asks total queries one after the other from one blocking
+// socket on the calling goroutine's OS thread, as a pod's stub resolver
+// does (see runClosedLoop); inside netns.Pod.Do its socket belongs to the
+// pod.
+func RunClosedLoop(ctx context.Context, addr string, queries [][]byte, total int, timeout time.Duration) (ClosedLoopResult, error) {
+	return runClosedLoop(ctx, addr, queries, total, timeout)
+}
+
 // MergeLat pools runs of the same kind: their samples, counts and rates.
 func MergeLat(rs ...LatResult) LatResult { return mergeLat(rs...) }
 

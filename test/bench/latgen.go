@@ -243,6 +243,107 @@ func runLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 // a few µs, does not count against any path). A lost query (no reply
 // within timeout) moves the schedule on by the time waited. Replies to an
 // earlier, timed-out query are skipped by ID.
+// blockingSocket is a blocking UDP socket connected to ap whose reads give
+// up after timeout, for a generator that owns its OS thread.
+func blockingSocket(ap netip.AddrPort, timeout time.Duration) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("latgen: socket: %w", err)
+	}
+	tv := unix.NsecToTimeval(int64(timeout))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("latgen: connect %s: %w", ap, err)
+	}
+	return fd, nil
+}
+
+// closedLoopResult is what runClosedLoop measured.
+type closedLoopResult struct {
+	Sent    int           `json:"sent"`
+	Answers int           `json:"answers"` // positive answers
+	Bad     int           `json:"bad"`
+	Lost    int           `json:"lost"`
+	Wall    time.Duration `json:"wall_ns"`
+	// User and Sys are the generator thread's own CPU time
+	// (getrusage(RUSAGE_THREAD)).
+	User time.Duration `json:"user_ns"`
+	Sys  time.Duration `json:"sys_ns"`
+}
+
+// runClosedLoop asks total queries one after the other, each as soon as
+// the previous one is answered, from one blocking socket on the calling
+// goroutine's OS thread: what a pod's stub resolver does for one lookup
+// after another (send, then wait on the same socket). It measures the
+// thread's own CPU time, so that a caller can take it out of the machine's.
+func runClosedLoop(ctx context.Context, addr string, queries [][]byte, total int, timeout time.Duration) (closedLoopResult, error) {
+	var res closedLoopResult
+	if total <= 0 || len(queries) == 0 {
+		return res, errors.New("latgen: nothing to send")
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return res, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, err := blockingSocket(ap, timeout)
+	if err != nil {
+		return res, err
+	}
+	defer unix.Close(fd)
+	sbuf := make([]byte, 0, 512)
+	rbuf := make([]byte, 4096)
+	var ru0, ru1 unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
+		return res, fmt.Errorf("latgen: getrusage: %w", err)
+	}
+	start := time.Now()
+	for i := 0; i < total; i++ {
+		if i%256 == 0 && ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		id := uint16(i)
+		sbuf = append(sbuf[:0], queries[i%len(queries)]...)
+		binary.BigEndian.PutUint16(sbuf, id)
+		res.Sent++
+		if _, err := unix.Write(fd, sbuf); err != nil {
+			res.Lost++
+			continue
+		}
+		for {
+			n, err := unix.Read(fd, rbuf)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil { // SO_RCVTIMEO
+				res.Lost++
+				break
+			}
+			if n < 12 || binary.BigEndian.Uint16(rbuf) != id {
+				continue
+			}
+			if positiveAnswer(rbuf) {
+				res.Answers++
+			} else {
+				res.Bad++
+			}
+			break
+		}
+	}
+	res.Wall = time.Since(start)
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru1); err != nil {
+		return res, fmt.Errorf("latgen: getrusage: %w", err)
+	}
+	res.User = time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano())
+	res.Sys = time.Duration(ru1.Stime.Nano() - ru0.Stime.Nano())
+	return res, nil
+}
+
 func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int, rate float64, timeout time.Duration) (latResult, error) {
 	var res latResult
 	if total <= 0 || rate <= 0 || len(queries) == 0 {
@@ -254,18 +355,11 @@ func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int,
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := blockingSocket(ap, timeout)
 	if err != nil {
-		return res, fmt.Errorf("latgen: socket: %w", err)
+		return res, err
 	}
 	defer unix.Close(fd)
-	tv := unix.NsecToTimeval(int64(timeout))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return res, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
-	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
-		return res, fmt.Errorf("latgen: connect %s: %w", addr, err)
-	}
 
 	res.lats = make([]time.Duration, 0, total)
 	sbuf := make([]byte, 0, 512)

@@ -91,3 +91,36 @@ func TestRunLatSerial(t *testing.T) {
 		}
 	})
 }
+
+func TestRunClosedLoop(t *testing.T) {
+	q, err := packQueries([]string{"a.test.", "b.test."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := udpResponder(t, func(i int) time.Duration {
+		if i == 3 {
+			return 5 * time.Millisecond
+		}
+		return 0
+	}, func(i int) bool { return i == 7 })
+	start := time.Now()
+	r, err := runClosedLoop(context.Background(), addr, q, 30, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Sent != 30 || r.Answers != 29 || r.Lost != 1 || r.Bad != 0 {
+		t.Fatalf("sent %d answers %d lost %d bad %d, want 30 29 1 0", r.Sent, r.Answers, r.Lost, r.Bad)
+	}
+	// The slow answer and the lost one's timeout are waited for, one query
+	// at a time: at least 105 ms.
+	if r.Wall < 105*time.Millisecond || r.Wall > time.Since(start) {
+		t.Errorf("wall %v, want ≥ 105ms and ≤ %v", r.Wall, time.Since(start))
+	}
+	// A blocking wait costs the thread no CPU time.
+	if cpu := r.User + r.Sys; cpu <= 0 || cpu > r.Wall/2 {
+		t.Errorf("thread CPU %v over %v of waiting", cpu, r.Wall)
+	}
+	if _, err := runClosedLoop(context.Background(), "[::1]:53", q, 1, time.Millisecond); err == nil {
+		t.Error("IPv6 address accepted")
+	}
+}

@@ -45,6 +45,7 @@ func main() {
 	flag.DurationVar(&cfg.FixedDuration, "fixed-duration", cfg.FixedDuration, "length of the fixed-rate phase (node CPU, loss)")
 	flag.Float64Var(&cfg.FixedRate, "fixed-rate", cfg.FixedRate, "queries/s of the fixed-rate phase")
 	flag.DurationVar(&cfg.LatDuration, "lat-duration", cfg.LatDuration, "length of the latency phase")
+	flag.IntVar(&cfg.ClosedQueries, "closed-queries", cfg.ClosedQueries, "queries of each closed-loop run (one blocking socket in the pod, as a resolver asks)")
 	flag.Float64Var(&cfg.LatRate, "lat-rate", cfg.LatRate, "queries/s of the latency phase (own generator, in the pod)")
 	flag.IntVar(&cfg.ServerCPU, "server-cpu", cfg.ServerCPU, "core the server under test (and the upstream) is pinned to")
 	flag.IntVar(&cfg.PerfClients, "clients", cfg.PerfClients, "dnsperf's sockets (-c) in the max-QPS phase")

@@ -107,6 +107,22 @@ func (rep *Report) targets() []target {
 		}
 		ts = append(ts, target{what, val, verdict(med <= targetNodeRatio)})
 	}
+	if u, ok := rep.get(SysUnbound); ok && len(k.Closed) > 0 && len(u.Closed) > 0 {
+		km, _, _ := k.ClosedNodeCPU()
+		um, _, _ := u.ClosedNodeCPU()
+		var v []float64
+		for _, kc := range k.Closed {
+			for _, uc := range u.Closed {
+				if kc.Round == uc.Round && uc.NodeCPUPerAns() > 0 {
+					v = append(v, kc.NodeCPUPerAns()/uc.NodeCPUPerAns())
+				}
+			}
+		}
+		if len(v) > 0 {
+			ts = append(ts, target{fmt.Sprintf("node CPU per answer ≤ %.1f× unbound's, closed loop (for comparison)", targetNodeRatio),
+				fmt.Sprintf("%.2f×, median of %d rounds (%.2f–%.2f); medians %.1f vs %.1f µs", median(v), len(v), slices.Min(v), slices.Max(v), km, um), verdict(median(v) <= targetNodeRatio)})
+		}
+	}
 	c := rep.headline()
 	srv := k.Median(c, FixedRun.ServerPerAns)
 	ts = append(ts,
@@ -189,6 +205,7 @@ func (rep *Report) columns(r Result) []string {
 	for _, n := range cfg.Loads {
 		cols = append(cols, r.spread(n, FixedRun.NodeCPUPerAns, "%.1f"))
 	}
+	cols = append(cols, r.closedColumn())
 	t := r.Totals(c)
 	var sent, lost int
 	for _, f := range r.Fixed {
@@ -211,6 +228,27 @@ func (rep *Report) columns(r Result) []string {
 		fmt.Sprintf("%.1f", bg))
 }
 
+// closedColumn is the closed-loop node CPU per answer: median (lowest–
+// highest), and the queries lost.
+func (r Result) closedColumn() string {
+	if len(r.Closed) == 0 {
+		return "—"
+	}
+	med, lo, hi := r.ClosedNodeCPU()
+	lost := 0
+	for _, c := range r.Closed {
+		lost += c.Res.Lost
+	}
+	out := fmt.Sprintf("%.1f", med)
+	if len(r.Closed) > 1 {
+		out += fmt.Sprintf(" (%.1f–%.1f)", lo, hi)
+	}
+	if lost > 0 {
+		out += fmt.Sprintf(", %d lost", lost)
+	}
+	return out
+}
+
 // latColumn is the p99 median of the rounds and the pooled percentiles.
 func (rep *Report) latColumn(r Result) string {
 	med, lo, hi := r.P99()
@@ -228,6 +266,7 @@ func (rep *Report) headers() []string {
 	for _, n := range cfg.Loads {
 		h = append(h, fmt.Sprintf("Node CPU µs / answer @%s, %s", fixed, n))
 	}
+	h = append(h, "Node CPU µs / answer, closed loop")
 	c := rep.headline()
 	return append(h, fmt.Sprintf("of which dnsperf system time (%s)", c), fmt.Sprintf("Server CPU µs / answer (%s)", c),
 		"Kernel answers", fmt.Sprintf("Lost @%s, all runs", fixed), fmt.Sprintf("Avg latency @%s (dnsperf, %s)", fixed, c),
@@ -291,6 +330,7 @@ func (rep *Report) Markdown(plotRel string) string {
 		fixed, cfg.FixedRate, cfg.FixedOutstanding, cfg.FixedDuration, loadList(cfg.Loads), rep.headline())
 	p("| Rounds | the fixed-rate runs come in %d rounds, each system started afresh and warmed for each: every round measures every system in turn, starting one system later than the round before, the kernel path and unbound always one right after the other, and the figures are medians over the rounds. The ratio to unbound is the median of the rounds' own ratios, so each compares runs a minute or two apart: identical runs on this VM differed by up to 40%% from one minute to the next (dnsperf's system time per answer was 10.8–15.1 µs in three full runs of the kernel path on 2026-12-03, one system after another). |\n", cfg.Rounds)
 	p("| Loads | how dnsperf runs: its socket count (`-c`) and its scheduling class. dnsperf has a sending and a receiving thread; both share the load core. Two things in it cost node CPU that no resolver in a pod spends, and they weigh most where the server costs least. (1) On the kernel path the answer arrives during `sendto` itself, so the receiving thread is woken and, under the default scheduling, preempts the sending one for about half of the answers: two more context switches each. A pod's resolver (glibc: send, then poll the same socket) finds the answer already queued and does not sleep at all. Running dnsperf as `SCHED_BATCH` (`chrt --batch 0`) turns off that wake-up preemption, and nothing else. (2) The receiving thread tries every socket in turn for each read, so with `-c 4` every wake-up adds up to four failing `recvfrom` calls, about 0.9 µs each here (a bare syscall costs 0.93 µs on this VM, ten times a bare-metal one); a resolver uses one socket per lookup, as dnsperf does by default. The headline load is therefore one socket, `SCHED_BATCH`; the others show each effect (%s). |\n", rep.switchSummary())
+	p("| Closed loop | node CPU per answer measured the same way while the harness asks %d queries from the pod one after the other, each as soon as the last is answered, from one blocking socket on one thread (`bench.RunClosedLoop`): what a pod's stub resolver does, lookup after lookup; the client thread's own user time (`getrusage(RUSAGE_THREAD)`) is taken out, as dnsperf's is, though that split is tick-sampled and a thread that spends most of its time in the kernel gets almost all its ticks there, so the client's own Go code (about 1 µs a query) mostly stays in. Its rate is whatever the system allows, so it is not a fixed-rate figure; it shows what one lookup costs the node when nothing is batched: on the kernel path the answer is queued during `send` and the `recv` that follows does not sleep, while a user-space server is woken for the query and wakes the client for the answer. |\n", cfg.ClosedQueries)
 	p("| Server µs per answer | the server process's utime+stime (`/proc/PID/stat`, all threads) over the same run ÷ answers. |\n")
 	p("| Kernel answers | node-cache's `coredns_nodecache_offload_hits_total` over the same run ÷ answers. |\n")
 	p("| Max QPS | dnsperf unthrottled (`-c %d -q %d`) for %s: answered (NOERROR) queries per second. dnsperf has one core, the same the pod's kernel work lands on, so this is bound by the load core for the fastest systems; *server CPU* shows how busy the server was. |\n",

@@ -45,6 +45,7 @@ type Config struct {
 	FixedRate        float64       `json:"fixed_rate"`
 	LatDuration      time.Duration `json:"lat_duration_ns"` // latency phase (own generator)
 	LatRate          float64       `json:"lat_rate"`
+	ClosedQueries    int           `json:"closed_queries"` // queries of each closed-loop run
 	PerfClients      int           `json:"perf_clients"` // dnsperf's sockets in the max-QPS phase
 	PerfOutstanding  int           `json:"perf_outstanding"`
 	Loads            []Load        `json:"loads"` // how dnsperf runs in the fixed-rate runs; the first is the headline
@@ -72,6 +73,7 @@ func DefaultConfig() Config {
 		FixedRate:        30000,
 		LatDuration:      3 * time.Second,
 		LatRate:          5000,
+		ClosedQueries:    20000,
 		PerfClients:      4,
 		PerfOutstanding:  100,
 		Loads:            []Load{{Clients: 1, Batch: true}, {Clients: 1}, {Clients: 4}},
@@ -121,7 +123,35 @@ type Result struct {
 	// Lats are the latency runs, one per round after its fixed-rate runs;
 	// Lat pools their samples.
 	Lats []LatRun       `json:"latency_rounds"`
+	// Closed are the closed-loop runs, one per round after the latency run.
+	Closed []ClosedRun `json:"closed_loop"`
 	Lat  bench.LatResult `json:"latency"`
+}
+
+// ClosedRun is one round's closed-loop run: queries one after the other
+// from one blocking socket, as a pod's resolver asks them.
+type ClosedRun struct {
+	Round int                    `json:"round"`
+	Res   bench.ClosedLoopResult `json:"result"`
+	// NodeCPU is the machine's busy time during the run (bench.BusySince).
+	NodeCPU time.Duration `json:"node_cpu_ns"`
+}
+
+// NodeCPUPerAns is the machine's busy time minus the client thread's user
+// time, per answer, µs: the same measure as the fixed-rate runs'.
+func (c ClosedRun) NodeCPUPerAns() float64 { return perAnswer(c.NodeCPU-c.Res.User, c.Res.Answers) }
+
+// ClosedNodeCPU is the median over the rounds of the closed-loop node CPU
+// per answer, with the lowest and highest.
+func (r Result) ClosedNodeCPU() (med, lo, hi float64) {
+	var v []float64
+	for _, c := range r.Closed {
+		v = append(v, c.NodeCPUPerAns())
+	}
+	if len(v) == 0 {
+		return 0, 0, 0
+	}
+	return median(v), slices.Min(v), slices.Max(v)
 }
 
 // LatRun is one round's latency run.
@@ -813,7 +843,38 @@ func (e *env) measureRound(ctx context.Context, srv *server, r *Result, round in
 			return err
 		}
 	}
-	return e.measureLatency(ctx, srv, r, round)
+	if err := e.measureLatency(ctx, srv, r, round); err != nil {
+		return err
+	}
+	return e.measureClosedLoop(ctx, srv, r, round)
+}
+
+// measureClosedLoop asks the working set from the pod one query after the
+// other, each as soon as the last is answered, and records the machine's
+// busy time around it.
+func (e *env) measureClosedLoop(ctx context.Context, srv *server, r *Result, round int) error {
+	if err := e.warm(ctx, srv, r); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	vip := netip.AddrPortFrom(e.vip, 53).String()
+	c := ClosedRun{Round: round}
+	m0, err := bench.SampleMachine()
+	if err != nil {
+		return err
+	}
+	if err := e.pod.Do(func() error {
+		var err error
+		c.Res, err = bench.RunClosedLoop(ctx, vip, e.queries, e.cfg.ClosedQueries, time.Second)
+		return err
+	}); err != nil {
+		return fmt.Errorf("closed loop: %w", err)
+	}
+	m1, _ := bench.SampleMachine()
+	c.NodeCPU = m1.BusySince(m0)
+	e.logf("%s: closed loop, %d queries: node CPU %.1f µs per answer (client thread user %.1f, sys %.1f), %d lost",
+		r.System, c.Res.Sent, c.NodeCPUPerAns(), perAnswer(c.Res.User, c.Res.Answers), perAnswer(c.Res.Sys, c.Res.Answers), c.Res.Lost)
+	r.Closed = append(r.Closed, c)
+	return nil
 }
 
 // measureMax measures the maximum QPS, dnsperf unthrottled.
