@@ -46,7 +46,7 @@ type Config struct {
 	LatDuration      time.Duration `json:"lat_duration_ns"` // latency phase (own generator)
 	LatRate          float64       `json:"lat_rate"`
 	ClosedQueries    int           `json:"closed_queries"` // queries of each closed-loop run
-	PerfClients      int           `json:"perf_clients"` // dnsperf's sockets in the max-QPS phase
+	PerfClients      int           `json:"perf_clients"`   // dnsperf's sockets in the max-QPS phase
 	PerfOutstanding  int           `json:"perf_outstanding"`
 	Loads            []Load        `json:"loads"` // how dnsperf runs in the fixed-rate runs; the first is the headline
 	FixedOutstanding int           `json:"fixed_outstanding"`
@@ -122,10 +122,10 @@ type Result struct {
 
 	// Lats are the latency runs, one per round after its fixed-rate runs;
 	// Lat pools their samples.
-	Lats []LatRun       `json:"latency_rounds"`
+	Lats []LatRun `json:"latency_rounds"`
 	// Closed are the closed-loop runs, one per round after the latency run.
-	Closed []ClosedRun `json:"closed_loop"`
-	Lat  bench.LatResult `json:"latency"`
+	Closed []ClosedRun     `json:"closed_loop"`
+	Lat    bench.LatResult `json:"latency"`
 }
 
 // ClosedRun is one round's closed-loop run: queries one after the other
@@ -177,10 +177,10 @@ func (r Result) P99() (med, lo, hi time.Duration) {
 // FixedRun is one fixed-rate dnsperf run against a freshly started and
 // warmed system.
 type FixedRun struct {
-	Round   int              `json:"round"`
-	Load    Load             `json:"load"`
-	Perf    bench.PerfResult `json:"perf"`
-	Wall    time.Duration    `json:"wall_ns"`
+	Round int              `json:"round"`
+	Load  Load             `json:"load"`
+	Perf  bench.PerfResult `json:"perf"`
+	Wall  time.Duration    `json:"wall_ns"`
 	// NodeCPU is the whole machine's busy time during the run: every CPU,
 	// every state but idle and iowait (bench.BusySince).
 	NodeCPU time.Duration `json:"node_cpu_ns"`
