@@ -243,23 +243,61 @@ func runLatGen(ctx context.Context, addr string, queries [][]byte, total int, ra
 // a few µs, does not count against any path). A lost query (no reply
 // within timeout) moves the schedule on by the time waited. Replies to an
 // earlier, timed-out query are skipped by ID.
-// blockingSocket is a blocking UDP socket connected to ap whose reads give
-// up after timeout, for a generator that owns its OS thread.
-func blockingSocket(ap netip.AddrPort, timeout time.Duration) (int, error) {
+// serialClient is one blocking UDP socket connected to a server, for a
+// generator that owns its OS thread and asks one query at a time.
+type serialClient struct {
+	fd   int
+	sbuf []byte
+	rbuf []byte
+}
+
+// newSerialClient connects to addr (IPv4 "IP:PORT"); reads give up after
+// timeout. The caller locks its OS thread first, and closes the client.
+func newSerialClient(addr string, timeout time.Duration) (*serialClient, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return nil, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
+	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("latgen: socket: %w", err)
+		return nil, fmt.Errorf("latgen: socket: %w", err)
 	}
 	tv := unix.NsecToTimeval(int64(timeout))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
+		return nil, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
 	}
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("latgen: connect %s: %w", ap, err)
+		return nil, fmt.Errorf("latgen: connect %s: %w", addr, err)
 	}
-	return fd, nil
+	return &serialClient{fd: fd, sbuf: make([]byte, 0, 512), rbuf: make([]byte, 4096)}, nil
+}
+
+func (c *serialClient) close() { unix.Close(c.fd) }
+
+// exchange sends query with the given ID and waits for the reply with that
+// ID, skipping late replies to earlier queries and garbage. answered is
+// false when the send failed or the read timed out; positive tells a
+// positive answer from any other reply.
+func (c *serialClient) exchange(query []byte, id uint16) (answered, positive bool) {
+	c.sbuf = append(c.sbuf[:0], query...)
+	binary.BigEndian.PutUint16(c.sbuf, id)
+	if _, err := unix.Write(c.fd, c.sbuf); err != nil {
+		return false, false
+	}
+	for {
+		n, err := unix.Read(c.fd, c.rbuf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil { // SO_RCVTIMEO
+			return false, false
+		}
+		if n >= 12 && binary.BigEndian.Uint16(c.rbuf) == id {
+			return true, positiveAnswer(c.rbuf[:n])
+		}
+	}
 }
 
 // closedLoopResult is what runClosedLoop measured.
@@ -285,19 +323,13 @@ func runClosedLoop(ctx context.Context, addr string, queries [][]byte, total int
 	if total <= 0 || len(queries) == 0 {
 		return res, errors.New("latgen: nothing to send")
 	}
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		return res, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
-	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	fd, err := blockingSocket(ap, timeout)
+	c, err := newSerialClient(addr, timeout)
 	if err != nil {
 		return res, err
 	}
-	defer unix.Close(fd)
-	sbuf := make([]byte, 0, 512)
-	rbuf := make([]byte, 4096)
+	defer c.close()
 	var ru0, ru1 unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
 		return res, fmt.Errorf("latgen: getrusage: %w", err)
@@ -307,32 +339,14 @@ func runClosedLoop(ctx context.Context, addr string, queries [][]byte, total int
 		if i%256 == 0 && ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		id := uint16(i)
-		sbuf = append(sbuf[:0], queries[i%len(queries)]...)
-		binary.BigEndian.PutUint16(sbuf, id)
 		res.Sent++
-		if _, err := unix.Write(fd, sbuf); err != nil {
+		switch answered, positive := c.exchange(queries[i%len(queries)], uint16(i)); {
+		case !answered:
 			res.Lost++
-			continue
-		}
-		for {
-			n, err := unix.Read(fd, rbuf)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil { // SO_RCVTIMEO
-				res.Lost++
-				break
-			}
-			if n < 12 || binary.BigEndian.Uint16(rbuf) != id {
-				continue
-			}
-			if positiveAnswer(rbuf) {
-				res.Answers++
-			} else {
-				res.Bad++
-			}
-			break
+		case positive:
+			res.Answers++
+		default:
+			res.Bad++
 		}
 	}
 	res.Wall = time.Since(start)
@@ -349,21 +363,15 @@ func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int,
 	if total <= 0 || rate <= 0 || len(queries) == 0 {
 		return res, errors.New("latgen: nothing to send")
 	}
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		return res, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
-	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	fd, err := blockingSocket(ap, timeout)
+	c, err := newSerialClient(addr, timeout)
 	if err != nil {
 		return res, err
 	}
-	defer unix.Close(fd)
+	defer c.close()
 
 	res.lats = make([]time.Duration, 0, total)
-	sbuf := make([]byte, 0, 512)
-	rbuf := make([]byte, 4096)
 	base := time.Now()
 	var lastReply time.Time
 	for i := 0; i < total; i++ {
@@ -382,42 +390,25 @@ func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int,
 		}
 		for time.Now().Before(due) {
 		}
-		id := uint16(i)
-		sbuf = append(sbuf[:0], queries[i%len(queries)]...)
-		binary.BigEndian.PutUint16(sbuf, id)
 		res.Sent++
 		start := time.Now()
 		if behind {
 			start = due
 		}
-		if _, err := unix.Write(fd, sbuf); err != nil {
+		answered, positive := c.exchange(queries[i%len(queries)], uint16(i))
+		if !answered {
+			// The wait was the generator's: the schedule resumes from now
+			// rather than charging it to the queries after.
 			res.Lost++
+			base = base.Add(time.Since(due))
+			lastReply = time.Time{}
 			continue
 		}
-		for {
-			n, err := unix.Read(fd, rbuf)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil { // SO_RCVTIMEO: lost
-				// The wait was the generator's: the schedule resumes from
-				// now rather than charging it to the queries after.
-				res.Lost++
-				base = base.Add(time.Since(due))
-				lastReply = time.Time{}
-				break
-			}
-			if n < 12 || binary.BigEndian.Uint16(rbuf) != id {
-				continue // a late reply to an earlier query, or garbage
-			}
-			lastReply = time.Now()
-			lat := lastReply.Sub(start)
-			if !positiveAnswer(rbuf) {
-				res.Bad++
-			} else {
-				res.lats = append(res.lats, lat)
-			}
-			break
+		lastReply = time.Now()
+		if !positive {
+			res.Bad++
+		} else {
+			res.lats = append(res.lats, lastReply.Sub(start))
 		}
 	}
 	res.Answers = len(res.lats)
