@@ -251,30 +251,38 @@ type serialClient struct {
 	rbuf []byte
 }
 
-// newSerialClient connects to addr (IPv4 "IP:PORT"); reads give up after
-// timeout. The caller locks its OS thread first, and closes the client.
+// newSerialClient locks the calling goroutine to its OS thread (the
+// socket's namespace is the thread's, and the generator's timing is that
+// thread's) and connects to addr (IPv4 "IP:PORT"); reads give up after
+// timeout. close closes the socket and unlocks the thread.
 func newSerialClient(addr string, timeout time.Duration) (*serialClient, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().Is4() {
 		return nil, fmt.Errorf("latgen: %q is not an IPv4 address:port", addr)
 	}
+	runtime.LockOSThread()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
+		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("latgen: socket: %w", err)
 	}
+	c := &serialClient{fd: fd, sbuf: make([]byte, 0, 512), rbuf: make([]byte, 4096)}
 	tv := unix.NsecToTimeval(int64(timeout))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
+		c.close()
 		return nil, fmt.Errorf("latgen: SO_RCVTIMEO: %w", err)
 	}
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
-		unix.Close(fd)
+		c.close()
 		return nil, fmt.Errorf("latgen: connect %s: %w", addr, err)
 	}
-	return &serialClient{fd: fd, sbuf: make([]byte, 0, 512), rbuf: make([]byte, 4096)}, nil
+	return c, nil
 }
 
-func (c *serialClient) close() { unix.Close(c.fd) }
+func (c *serialClient) close() {
+	unix.Close(c.fd)
+	runtime.UnlockOSThread()
+}
 
 // exchange sends query with the given ID and waits for the reply with that
 // ID, skipping late replies to earlier queries and garbage. answered is
@@ -323,8 +331,6 @@ func runClosedLoop(ctx context.Context, addr string, queries [][]byte, total int
 	if total <= 0 || len(queries) == 0 {
 		return res, errors.New("latgen: nothing to send")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	c, err := newSerialClient(addr, timeout)
 	if err != nil {
 		return res, err
@@ -363,8 +369,6 @@ func runLatSerial(ctx context.Context, addr string, queries [][]byte, total int,
 	if total <= 0 || rate <= 0 || len(queries) == 0 {
 		return res, errors.New("latgen: nothing to send")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	c, err := newSerialClient(addr, timeout)
 	if err != nil {
 		return res, err
