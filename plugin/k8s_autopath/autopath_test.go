@@ -24,12 +24,7 @@ import (
 // cache, everything else straight to the world. Returns 127.0.0.1:port.
 func startNodeCache(t *testing.T, kubeconfig, upstream string) string {
 	t.Helper()
-	addr, err := dnstest.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	corefile := fmt.Sprintf(`cluster.local:%[1]s in-addr.arpa:%[1]s {
+	return dnstest.StartCorefile(t, `cluster.local:%[1]s in-addr.arpa:%[1]s {
     bind 127.0.0.1
     k8s_autopath {
         kubeconfig %[2]s
@@ -41,16 +36,7 @@ func startNodeCache(t *testing.T, kubeconfig, upstream string) string {
     bind 127.0.0.1
     nodecache %[3]s
 }
-`, port, kubeconfig, upstream)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)
-	}
-	t.Cleanup(func() {
-		inst.Stop()
-		inst.ShutdownCallbacks()
-	})
-	return addr
+`, kubeconfig, upstream)
 }
 
 // askFrom sends one query from source address src (on lo) over UDP.

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -20,27 +19,6 @@ const (
 	mFastPassed = "coredns_nodecache_fastpath_passed_total"
 	mFastHits   = "coredns_nodecache_fastpath_hits_total"
 )
-
-// startCorefile runs CoreDNS in-process with corefile, whose %[1]s is
-// replaced by a free port on 127.0.0.1.
-func startCorefile(t *testing.T, corefile string) string {
-	t.Helper()
-	addr, err := dnstest.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	corefile = fmt.Sprintf(corefile, port)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatalf("start CoreDNS:\n%s\n%v", corefile, err)
-	}
-	t.Cleanup(func() {
-		inst.Stop()
-		inst.ShutdownCallbacks()
-	})
-	return addr
-}
 
 // delta runs f and returns how much each metric grew meanwhile.
 func delta(t *testing.T, f func(), names ...string) []float64 {
@@ -162,7 +140,7 @@ func TestFastPathMissesCoalesce(t *testing.T) {
 // queries go through the chain.
 func TestFastPathMissRoutes(t *testing.T) {
 	up := startUpstream(t)
-	addr := startCorefile(t, `.:%[1]s {
+	addr := dnstest.StartCorefile(t, `.:%[1]s {
   bind 127.0.0.1
   nodecache `+up.addr+`
 }

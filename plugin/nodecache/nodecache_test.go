@@ -85,7 +85,7 @@ func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 // startCache runs CoreDNS in-process with the nodecache block given.
 func startCache(t *testing.T, block string) string {
 	t.Helper()
-	return startCorefile(t, ".:%[1]s {\n  bind 127.0.0.1\n  "+strings.ReplaceAll(block, "%", "%%")+"\n}\n")
+	return dnstest.StartCorefile(t, ".:%[1]s {\n  bind 127.0.0.1\n  "+strings.ReplaceAll(block, "%", "%%")+"\n}\n")
 }
 
 func ask(t *testing.T, addr, name string, qtype uint16, mutate ...func(*dns.Msg)) *dns.Msg {
