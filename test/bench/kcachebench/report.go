@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -60,27 +59,56 @@ func verdict(ok bool) string {
 // headline is the load whose figures the targets judge.
 func (rep *Report) headline() Load { return rep.Config.Loads[0] }
 
-// ratio is the kernel path's node CPU per answer over unbound's with a
-// load: the median of the rounds' ratios (each round measures both within
-// a minute or two), with the lowest and highest.
-func (rep *Report) ratio(load Load) (med, lo, hi float64, rounds int) {
+// roundRatios is the kernel path's figure over unbound's in every round
+// that has both (a round measures the two back to back).
+func (rep *Report) roundRatios(figure func(r Result, round int) (float64, bool)) []float64 {
 	k, ok1 := rep.get(SysKernel)
 	u, ok2 := rep.get(SysUnbound)
 	if !ok1 || !ok2 {
-		return 0, 0, 0, 0
+		return nil
 	}
 	var v []float64
 	for round := range rep.Config.Rounds {
-		kr, ok1 := k.run(round, load)
-		ur, ok2 := u.run(round, load)
-		if ok1 && ok2 && ur.NodeCPUPerAns() > 0 {
-			v = append(v, kr.NodeCPUPerAns()/ur.NodeCPUPerAns())
+		kv, ok1 := figure(k, round)
+		uv, ok2 := figure(u, round)
+		if ok1 && ok2 && uv > 0 {
+			v = append(v, kv/uv)
 		}
 	}
-	if len(v) == 0 {
-		return 0, 0, 0, 0
+	return v
+}
+
+// ratio is the kernel path's node CPU per answer over unbound's with a
+// load: the median of the rounds' ratios, with the lowest and highest.
+func (rep *Report) ratio(load Load) (med, lo, hi float64, rounds int) {
+	return spreadOf(rep.roundRatios(func(r Result, round int) (float64, bool) {
+		f, ok := r.run(round, load)
+		return f.NodeCPUPerAns(), ok
+	}))
+}
+
+// closedRatio is ratio for the closed-loop runs.
+func (rep *Report) closedRatio() (med, lo, hi float64, rounds int) {
+	return spreadOf(rep.roundRatios(func(r Result, round int) (float64, bool) {
+		for _, c := range r.Closed {
+			if c.Round == round {
+				return c.NodeCPUPerAns(), true
+			}
+		}
+		return 0, false
+	}))
+}
+
+// ratioTarget judges a ratio to unbound; km and um are the two medians.
+func ratioTarget(what string, med, lo, hi float64, rounds int, km, um float64) target {
+	if rounds == 0 {
+		return target{what, "—", "not measured (no unbound result)"}
 	}
-	return median(v), slices.Min(v), slices.Max(v), len(v)
+	val := fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", med, km, um)
+	if rounds > 1 {
+		val = fmt.Sprintf("%.2f×, median of %d rounds (%.2f–%.2f); medians %.1f vs %.1f µs", med, rounds, lo, hi, km, um)
+	}
+	return target{what, val, verdict(med <= targetNodeRatio)}
 }
 
 // targets evaluates issue 6's targets for the kernel path.
@@ -97,49 +125,22 @@ func (rep *Report) targets() []target {
 			what += " (for comparison)"
 		}
 		med, lo, hi, rounds := rep.ratio(c)
-		if rounds == 0 {
-			ts = append(ts, target{what, "—", "not measured (no unbound result)"})
-			continue
-		}
-		val := fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", med, k.NodeCPUPerAns(c), u.NodeCPUPerAns(c))
-		if rounds > 1 {
-			val = fmt.Sprintf("%.2f×, median of %d rounds (%.2f–%.2f); medians %.1f vs %.1f µs", med, rounds, lo, hi, k.NodeCPUPerAns(c), u.NodeCPUPerAns(c))
-		}
-		ts = append(ts, target{what, val, verdict(med <= targetNodeRatio)})
+		ts = append(ts, ratioTarget(what, med, lo, hi, rounds, k.NodeCPUPerAns(c), u.NodeCPUPerAns(c)))
 	}
-	if u, ok := rep.get(SysUnbound); ok && len(k.Closed) > 0 && len(u.Closed) > 0 {
-		km, _, _ := k.ClosedNodeCPU()
-		um, _, _ := u.ClosedNodeCPU()
-		var v []float64
-		for _, kc := range k.Closed {
-			for _, uc := range u.Closed {
-				if kc.Round == uc.Round && uc.NodeCPUPerAns() > 0 {
-					v = append(v, kc.NodeCPUPerAns()/uc.NodeCPUPerAns())
-				}
-			}
-		}
-		if len(v) > 0 {
-			ts = append(ts, target{fmt.Sprintf("node CPU per answer ≤ %.1f× unbound's, closed loop (for comparison)", targetNodeRatio),
-				fmt.Sprintf("%.2f×, median of %d rounds (%.2f–%.2f); medians %.1f vs %.1f µs", median(v), len(v), slices.Min(v), slices.Max(v), km, um), verdict(median(v) <= targetNodeRatio)})
-		}
+	if med, lo, hi, rounds := rep.closedRatio(); rounds > 0 {
+		ts = append(ts, ratioTarget(fmt.Sprintf("node CPU per answer ≤ %.1f× unbound's, closed loop (for comparison)", targetNodeRatio),
+			med, lo, hi, rounds, k.ClosedNodeCPUPerAns(), u.ClosedNodeCPUPerAns()))
 	}
 	c := rep.headline()
 	srv := k.Median(c, FixedRun.ServerPerAns)
 	ts = append(ts,
 		target{fmt.Sprintf("node-cache's process CPU per answer ≤ %.0f µs", targetServerUS), fmt.Sprintf("%.2f µs", srv), verdict(srv <= targetServerUS)},
 		rep.p99Target(k))
-	var sent, lost int
-	minQPS := -1.0
-	for _, f := range k.Fixed {
-		sent, lost = sent+f.Perf.Sent, lost+f.Perf.Lost
-		if minQPS < 0 || f.Perf.QPS < minQPS {
-			minQPS = f.Perf.QPS
-		}
-	}
-	v := verdict(lost+k.Lat.Lost == 0 && minQPS >= 0.95*rep.Config.FixedRate)
-	val := fmt.Sprintf("%d of %d at %s QPS (%d runs), %d of %d in the latency runs", lost, sent, kqps(rep.Config.FixedRate), len(k.Fixed), k.Lat.Lost, k.Lat.Sent)
-	if minQPS < 0.95*rep.Config.FixedRate {
-		val += fmt.Sprintf(" (a run reached only %.0f QPS)", minQPS)
+	all := totals(k.Fixed)
+	v := verdict(all.Lost+k.Lat.Lost == 0 && all.MinQPS >= 0.95*rep.Config.FixedRate)
+	val := fmt.Sprintf("%d of %d at %s QPS (%d runs), %d of %d in the latency runs", all.Lost, all.Sent, kqps(rep.Config.FixedRate), len(k.Fixed), k.Lat.Lost, k.Lat.Sent)
+	if all.MinQPS < 0.95*rep.Config.FixedRate {
+		val += fmt.Sprintf(" (a run reached only %.0f QPS)", all.MinQPS)
 	}
 	return append(ts, target{"0 lost", val, v})
 }
@@ -174,7 +175,7 @@ func (rep *Report) warn() {
 				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %d of %d answers were not NOERROR", run, f.Perf.Completed-f.Perf.NoError, f.Perf.Completed))
 			}
 		}
-		if t := r.Totals(rep.headline()); r.System == SysKernel && t.KernelShare() < 0.99 {
+		if t := totals(r.runs(rep.headline())); r.System == SysKernel && t.KernelShare() < 0.99 {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the kernel gave only %.1f%% of the answers", r.System, 100*t.KernelShare()))
 		}
 	}
@@ -183,16 +184,19 @@ func (rep *Report) warn() {
 // spread is a figure's median over the runs with a load, with the lowest
 // and highest when there is more than one run.
 func (r Result) spread(load Load, figure func(FixedRun) float64, format string) string {
-	var v []float64
-	for _, f := range r.runs(load) {
-		v = append(v, figure(f))
-	}
-	if len(v) == 0 {
+	return formatSpread(r.values(load, figure), format)
+}
+
+// formatSpread is the median of v, and the lowest and highest when there
+// is more than one value ("—" for none).
+func formatSpread(v []float64, format string) string {
+	med, lo, hi, n := spreadOf(v)
+	if n == 0 {
 		return "—"
 	}
-	out := fmt.Sprintf(format, median(v))
-	if len(v) > 1 {
-		out += fmt.Sprintf(" ("+format+"–"+format+")", slices.Min(v), slices.Max(v))
+	out := fmt.Sprintf(format, med)
+	if n > 1 {
+		out += fmt.Sprintf(" ("+format+"–"+format+")", lo, hi)
 	}
 	return out
 }
@@ -206,43 +210,30 @@ func (rep *Report) columns(r Result) []string {
 		cols = append(cols, r.spread(n, FixedRun.NodeCPUPerAns, "%.1f"))
 	}
 	cols = append(cols, r.closedColumn())
-	t := r.Totals(c)
-	var sent, lost int
-	for _, f := range r.Fixed {
-		sent, lost = sent+f.Perf.Sent, lost+f.Perf.Lost
-	}
-	bg := 0.0
-	for _, f := range r.Fixed {
-		bg = max(bg, f.BackgroundPerAns())
-	}
+	t, all := totals(r.runs(c)), totals(r.Fixed)
 	return append(cols,
 		r.spread(c, FixedRun.PerfSysPerAns, "%.1f"),
 		r.spread(c, FixedRun.ServerPerAns, "%.2f"),
 		fmt.Sprintf("%.1f%%", 100*t.KernelShare()),
-		fmt.Sprintf("%d of %d", lost, sent),
+		fmt.Sprintf("%d of %d", all.Lost, all.Sent),
 		us(t.AvgLat)+" µs",
 		fmt.Sprintf("%.0f", r.MaxQPS()),
 		fmt.Sprintf("%.0f%%", 100*r.MaxServerCPU.Seconds()/max(r.Max.RunTime.Seconds(), 1e-9)),
 		rep.latColumn(r),
 		fmt.Sprintf("%d of %d", r.Lat.Lost, r.Lat.Sent),
-		fmt.Sprintf("%.1f", bg))
+		fmt.Sprintf("%.1f", all.MaxBackgroundPerAns))
 }
 
 // closedColumn is the closed-loop node CPU per answer: median (lowest–
 // highest), and the queries lost.
 func (r Result) closedColumn() string {
-	if len(r.Closed) == 0 {
-		return "—"
-	}
-	med, lo, hi := r.ClosedNodeCPU()
+	var v []float64
 	lost := 0
 	for _, c := range r.Closed {
+		v = append(v, c.NodeCPUPerAns())
 		lost += c.Res.Lost
 	}
-	out := fmt.Sprintf("%.1f", med)
-	if len(r.Closed) > 1 {
-		out += fmt.Sprintf(" (%.1f–%.1f)", lo, hi)
-	}
+	out := formatSpread(v, "%.1f")
 	if lost > 0 {
 		out += fmt.Sprintf(", %d lost", lost)
 	}

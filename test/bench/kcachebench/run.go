@@ -141,17 +141,14 @@ type ClosedRun struct {
 // time, per answer, µs: the same measure as the fixed-rate runs'.
 func (c ClosedRun) NodeCPUPerAns() float64 { return perAnswer(c.NodeCPU-c.Res.User, c.Res.Answers) }
 
-// ClosedNodeCPU is the median over the rounds of the closed-loop node CPU
-// per answer, with the lowest and highest.
-func (r Result) ClosedNodeCPU() (med, lo, hi float64) {
+// ClosedNodeCPUPerAns is the median over the rounds of the closed-loop
+// node CPU per answer.
+func (r Result) ClosedNodeCPUPerAns() float64 {
 	var v []float64
 	for _, c := range r.Closed {
 		v = append(v, c.NodeCPUPerAns())
 	}
-	if len(v) == 0 {
-		return 0, 0, 0
-	}
-	return median(v), slices.Min(v), slices.Max(v)
+	return median(v)
 }
 
 // LatRun is one round's latency run.
@@ -168,10 +165,8 @@ func (r Result) P99() (med, lo, hi time.Duration) {
 	for _, l := range r.Lats {
 		v = append(v, float64(l.Lat.P99))
 	}
-	if len(v) == 0 {
-		return 0, 0, 0
-	}
-	return time.Duration(median(v)), time.Duration(slices.Min(v)), time.Duration(slices.Max(v))
+	m, l, h, _ := spreadOf(v)
+	return time.Duration(m), time.Duration(l), time.Duration(h)
 }
 
 // FixedRun is one fixed-rate dnsperf run against a freshly started and
@@ -308,11 +303,25 @@ func (r Result) run(round int, load Load) (FixedRun, bool) {
 // without runs): the rounds are minutes apart, and this VM's speed
 // drifts by more than the differences measured.
 func (r Result) Median(load Load, figure func(FixedRun) float64) float64 {
+	return median(r.values(load, figure))
+}
+
+// values is figure for each run with the load.
+func (r Result) values(load Load, figure func(FixedRun) float64) []float64 {
 	var v []float64
 	for _, f := range r.runs(load) {
 		v = append(v, figure(f))
 	}
-	return median(v)
+	return v
+}
+
+// spreadOf is the median, lowest and highest of v, and how many values
+// there are (all 0 for none).
+func spreadOf(v []float64) (med, lo, hi float64, n int) {
+	if len(v) == 0 {
+		return 0, 0, 0, 0
+	}
+	return median(v), slices.Min(v), slices.Max(v), len(v)
 }
 
 func median(v []float64) float64 {
@@ -332,32 +341,32 @@ func (r Result) NodeCPUPerAns(load Load) float64 {
 	return r.Median(load, FixedRun.NodeCPUPerAns)
 }
 
-// Totals sums the runs with the given load: sent, lost and answered
-// queries, kernel answers, and the slowest run's rate.
-func (r Result) Totals(load Load) (t FixedTotals) {
+// totals takes runs together: queries sent, lost and answered, kernel
+// answers, the mean of dnsperf's average latencies, the slowest run's rate
+// and the most background per answer.
+func totals(runs []FixedRun) (t FixedTotals) {
 	t.MinQPS = -1
-	for i, f := range r.runs(load) {
+	for i, f := range runs {
 		t.Sent += f.Perf.Sent
 		t.Lost += f.Perf.Lost
-		t.Completed += f.Perf.Completed
 		t.NoError += f.Perf.NoError
 		t.KernelHits += f.KernelHits
 		t.AvgLat += (f.Perf.AvgLat - t.AvgLat) / time.Duration(i+1)
 		if t.MinQPS < 0 || f.Perf.QPS < t.MinQPS {
 			t.MinQPS = f.Perf.QPS
 		}
-		t.MaxBackground = max(t.MaxBackground, f.Background)
+		t.MaxBackgroundPerAns = max(t.MaxBackgroundPerAns, f.BackgroundPerAns())
 	}
 	return t
 }
 
-// FixedTotals are the fixed-rate runs of one load taken together.
+// FixedTotals are fixed-rate runs taken together (totals).
 type FixedTotals struct {
-	Sent, Lost, Completed, NoError int
-	KernelHits                     float64
-	AvgLat                         time.Duration // mean of the runs' dnsperf averages
-	MinQPS                         float64
-	MaxBackground                  float64 // cores
+	Sent, Lost, NoError int
+	KernelHits          float64
+	AvgLat              time.Duration // mean of the runs' dnsperf averages
+	MinQPS              float64
+	MaxBackgroundPerAns float64 // µs
 }
 
 // KernelShare is the share of the answers the kernel gave.
