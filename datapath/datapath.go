@@ -504,11 +504,24 @@ const (
 )
 
 // Stats returns the counters summed over CPUs.
-func (s *Steering) Stats() (map[Stat]uint64, error) {
+func (s *Steering) Stats() (map[Stat]uint64, error) { return readStats(s.objs.DnsaStats) }
+
+// PinnedStats returns the counters, summed over CPUs, of the steering
+// pinned under bpffs, for a process that does not hold it.
+func PinnedStats(bpffs string) (map[Stat]uint64, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(bpffs, PinDir, "dnsa_stats"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("steering counters: %w", err)
+	}
+	defer m.Close()
+	return readStats(m)
+}
+
+func readStats(m *ebpf.Map) (map[Stat]uint64, error) {
 	out := map[Stat]uint64{}
 	for _, st := range []Stat{StatSteered, StatStale, StatSkipMark, StatReversed, StatRevFail} {
 		var per []uint64
-		if err := s.objs.DnsaStats.Lookup(uint32(st), &per); err != nil {
+		if err := m.Lookup(uint32(st), &per); err != nil {
 			return nil, fmt.Errorf("steering counters: %w", err)
 		}
 		for _, v := range per {

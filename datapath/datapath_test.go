@@ -2,7 +2,6 @@ package datapath_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
@@ -227,7 +224,7 @@ func TestSteering(t *testing.T) {
 	if err := s2.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	steertest.WaitFor(t, "programs, maps and links gone", 5*time.Second, func() bool { return gone(ids) == nil })
+	steertest.WaitFor(t, "programs, maps and links gone", 5*time.Second, func() bool { return len(steertest.Alive(ids)) == 0 })
 	if datapath.Pinned(bpffs) {
 		t.Errorf("%s/%s still there after Cleanup", bpffs, datapath.PinDir)
 	}
@@ -235,29 +232,6 @@ func TestSteering(t *testing.T) {
 	if res := query(steertest.ClusterName, false, 0); res.err != nil || !steertest.HasA(res.r, steertest.ClusterAnswer) {
 		t.Fatalf("after Cleanup: %v %v", res.err, res.r)
 	}
-}
-
-// gone returns an error naming the first of ids the kernel still has.
-func gone(ids datapath.IDs) error {
-	for _, id := range ids.Programs {
-		if p, err := ebpf.NewProgramFromID(id); err == nil {
-			p.Close()
-			return errors.New("program still loaded")
-		}
-	}
-	for _, id := range ids.Maps {
-		if m, err := ebpf.NewMapFromID(id); err == nil {
-			m.Close()
-			return errors.New("map still exists")
-		}
-	}
-	for _, id := range ids.Links {
-		if l, err := link.NewFromID(id); err == nil {
-			l.Close()
-			return errors.New("link still exists")
-		}
-	}
-	return nil
 }
 
 // markedQuery is steertest.Query from a socket with SO_MARK set.

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -222,80 +221,6 @@ func (s *steerSetup) whoSaw(t *testing.T, timeout time.Duration) (netip.Addr, er
 	return steertest.Seen(a.r), nil
 }
 
-// pinnedIDs are the kernel IDs of everything pinned under bpffs/dnsaccel.
-func pinnedIDs(t *testing.T, bpffs string) (ids []string, stillThere func() error) {
-	t.Helper()
-	dir := filepath.Join(bpffs, datapath.PinDir)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		progs []ebpf.ProgramID
-		maps  []ebpf.MapID
-		links []link.ID
-	)
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		switch {
-		case strings.HasPrefix(e.Name(), "link_"):
-			l, err := link.LoadPinnedLink(p, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, err := l.Info()
-			if err != nil {
-				t.Fatal(err)
-			}
-			links = append(links, info.ID)
-			l.Close()
-		case strings.HasPrefix(e.Name(), "prog_"):
-			pr, err := ebpf.LoadPinnedProgram(p, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, _ := pr.Info()
-			id, _ := info.ID()
-			progs = append(progs, id)
-			pr.Close()
-		default:
-			m, err := ebpf.LoadPinnedMap(p, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, _ := m.Info()
-			id, _ := info.ID()
-			maps = append(maps, id)
-			m.Close()
-		}
-		ids = append(ids, e.Name())
-	}
-	if len(links) != len(datapath.ProgramNames) || len(progs) != len(datapath.ProgramNames) || len(maps) != len(datapath.MapNames) {
-		t.Fatalf("pinned: %v; want %d links, %d programs, %d maps", ids, len(datapath.ProgramNames), len(datapath.ProgramNames), len(datapath.MapNames))
-	}
-	return ids, func() error {
-		for _, id := range progs {
-			if p, err := ebpf.NewProgramFromID(id); err == nil {
-				p.Close()
-				return fmt.Errorf("program %d still loaded", id)
-			}
-		}
-		for _, id := range maps {
-			if m, err := ebpf.NewMapFromID(id); err == nil {
-				m.Close()
-				return fmt.Errorf("map %d still exists", id)
-			}
-		}
-		for _, id := range links {
-			if l, err := link.NewFromID(id); err == nil {
-				l.Close()
-				return fmt.Errorf("link %d still exists", id)
-			}
-		}
-		return nil
-	}
-}
-
 // TestSteerFromPods: a pod's queries for the cluster DNS VIP are answered
 // by node-cache (a name only the cache's upstream knows), over UDP (dig, a
 // raw socket, glibc's getent) and TCP; the reply comes from the VIP; the
@@ -413,8 +338,14 @@ cache-only.steer.test:53 {
 	}
 
 	// --cleanup: no program, link, map, pin or address left.
-	pins, stillThere := pinnedIDs(t, s.bpffs)
-	t.Logf("pinned before --cleanup: %v", pins)
+	pins, pinNames, err := steertest.ReadPins(s.bpffs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pins.Links) != len(datapath.ProgramNames) || len(pins.Programs) != len(datapath.ProgramNames) || len(pins.Maps) != len(datapath.MapNames) {
+		t.Fatalf("pinned: %v; want %d links, %d programs, %d maps", pinNames, len(datapath.ProgramNames), len(datapath.ProgramNames), len(datapath.MapNames))
+	}
+	t.Logf("pinned before --cleanup: %v", pinNames)
 	if out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput(); err != nil {
 		t.Fatalf("--cleanup: %v\n%s", err, out)
 	}
@@ -424,7 +355,7 @@ cache-only.steer.test:53 {
 	if ok, err := steertest.HasAddr("lo", s.LocalIP); ok || err != nil {
 		t.Errorf("--local-ip %s still on lo after --cleanup (err %v)", s.LocalIP, err)
 	}
-	steertest.WaitFor(t, "kernel objects gone after --cleanup", 5*time.Second, func() bool { return stillThere() == nil })
+	steertest.WaitFor(t, "kernel objects gone after --cleanup", 5*time.Second, func() bool { return len(steertest.Alive(pins)) == 0 })
 	if a := s.query(t, steertest.ClusterName, false, 2*time.Second); a.err != nil || !steertest.HasA(a.r, steertest.ClusterAnswer) {
 		t.Errorf("after --cleanup the cluster DNS should answer: %v %v", a.err, a.r)
 	}

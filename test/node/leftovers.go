@@ -10,94 +10,22 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 )
-
-type pinIDs struct{ progs, maps, links []uint32 }
-
-// pinnedIDs are the kernel IDs of what node-cache pinned under bpffs.
-func pinnedIDs(bpffs string) (pinIDs, error) {
-	var ids pinIDs
-	dir := filepath.Join(bpffs, datapath.PinDir)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return ids, err
-	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		switch {
-		case strings.HasPrefix(e.Name(), "link_"):
-			l, err := link.LoadPinnedLink(p, nil)
-			if err != nil {
-				return ids, err
-			}
-			info, err := l.Info()
-			l.Close()
-			if err != nil {
-				return ids, err
-			}
-			ids.links = append(ids.links, uint32(info.ID))
-		case strings.HasPrefix(e.Name(), "prog_"):
-			pr, err := ebpf.LoadPinnedProgram(p, nil)
-			if err != nil {
-				return ids, err
-			}
-			info, err := pr.Info()
-			pr.Close()
-			if err != nil {
-				return ids, err
-			}
-			if id, ok := info.ID(); ok {
-				ids.progs = append(ids.progs, uint32(id))
-			}
-		default:
-			m, err := ebpf.LoadPinnedMap(p, nil)
-			if err != nil {
-				return ids, err
-			}
-			info, err := m.Info()
-			m.Close()
-			if err != nil {
-				return ids, err
-			}
-			if id, ok := info.ID(); ok {
-				ids.maps = append(ids.maps, uint32(id))
-			}
-		}
-	}
-	return ids, nil
-}
 
 // SteerStats reads the steering programs' counters from the pinned map:
 // operations steered to node-cache, and operations left alone because the
 // heartbeat was stale (those went to the VIP, i.e. the central CoreDNS).
 func (n *Node) SteerStats() (steered, stale uint64, err error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(n.BPFFS, datapath.PinDir, "dnsa_stats"), nil)
+	st, err := datapath.PinnedStats(n.BPFFS)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer m.Close()
-	sum := func(i datapath.Stat) (uint64, error) {
-		var per []uint64
-		if err := m.Lookup(uint32(i), &per); err != nil {
-			return 0, err
-		}
-		var t uint64
-		for _, v := range per {
-			t += v
-		}
-		return t, nil
-	}
-	if steered, err = sum(datapath.StatSteered); err != nil {
-		return 0, 0, err
-	}
-	stale, err = sum(datapath.StatStale)
-	return steered, stale, err
+	return st[datapath.StatSteered], st[datapath.StatStale], nil
 }
 
 // Leftovers lists what the node made that still exists: network
@@ -146,24 +74,7 @@ func (n *Node) Leftovers() []string {
 			}
 		}
 	}
-	for _, id := range m.progIDs {
-		if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id)); err == nil {
-			p.Close()
-			out = append(out, fmt.Sprintf("eBPF program %d", id))
-		}
-	}
-	for _, id := range m.mapIDs {
-		if p, err := ebpf.NewMapFromID(ebpf.MapID(id)); err == nil {
-			p.Close()
-			out = append(out, fmt.Sprintf("eBPF map %d", id))
-		}
-	}
-	for _, id := range m.linkIDs {
-		if l, err := link.NewFromID(link.ID(id)); err == nil {
-			l.Close()
-			out = append(out, fmt.Sprintf("eBPF link %d", id))
-		}
-	}
+	out = append(out, steertest.Alive(m.pins)...)
 	if mounts, err := os.ReadFile("/proc/self/mounts"); err == nil {
 		for _, line := range strings.Split(string(mounts), "\n") {
 			if f := strings.Fields(line); len(f) > 2 && f[2] == "bpf" && strings.HasPrefix(filepath.Base(f[1]), bpffsPrefix+strconv.Itoa(os.Getpid())+"-") {

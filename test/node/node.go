@@ -176,10 +176,8 @@ type made struct {
 	links     []string
 	addrs     []netip.Addr
 	pids      []int
-	listeners []string // TCP addresses the node's processes listened on
-	progIDs   []uint32
-	mapIDs    []uint32
-	linkIDs   []uint32
+	listeners []string     // TCP addresses the node's processes listened on
+	pins      datapath.IDs // the steering's kernel objects, over every node-cache
 	files     []string
 	tables    []int
 }
@@ -334,6 +332,18 @@ func (n *Node) freeAddr() (string, error) {
 		n.made.listeners = append(n.made.listeners, a)
 	}
 	return a, err
+}
+
+// freeAddrs is freeAddr for each of dst.
+func (n *Node) freeAddrs(dst ...*string) error {
+	for _, d := range dst {
+		a, err := n.freeAddr()
+		if err != nil {
+			return err
+		}
+		*d = a
+	}
+	return nil
 }
 
 func (n *Node) startCluster(ctx context.Context) error {
@@ -529,11 +539,8 @@ func (n *Node) startCentralDNS(ctx context.Context) error {
 
 func (n *Node) startAgent(ctx context.Context) error {
 	n.agentSocket = n.path("eni-agent.sock")
-	metrics, err := n.freeAddr()
-	if err != nil {
-		return err
-	}
-	health, err := n.freeAddr()
+	var metrics, health string
+	err := n.freeAddrs(&metrics, &health)
 	if err != nil {
 		return err
 	}
@@ -649,11 +656,8 @@ func hostVethName(containerID string) string {
 }
 
 func (n *Node) startPvtzSync(ctx context.Context) error {
-	metrics, err := n.freeAddr()
-	if err != nil {
-		return err
-	}
-	health, err := n.freeAddr()
+	var metrics, health string
+	err := n.freeAddrs(&metrics, &health)
 	if err != nil {
 		return err
 	}
@@ -697,13 +701,7 @@ func (n *Node) StartNodeCache(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if n.NodeCacheMetrics, err = n.freeAddr(); err != nil {
-			return err
-		}
-		if n.NodeCacheHealth, err = n.freeAddr(); err != nil {
-			return err
-		}
-		if n.NodeCacheListen, err = n.freeAddr(); err != nil {
+		if err := n.freeAddrs(&n.NodeCacheMetrics, &n.NodeCacheHealth, &n.NodeCacheListen); err != nil {
 			return err
 		}
 		if err := os.WriteFile(n.path("node-resolv.conf"), []byte("nameserver "+n.Central.HostIP.String()+"\n"), 0o644); err != nil {
@@ -752,26 +750,15 @@ func (n *Node) kernelCacheInterfaces() string {
 // Leftovers checks are gone after Down. A restarted node-cache keeps the
 // maps and links and replaces the programs.
 func (n *Node) recordPins() error {
-	ids, err := pinnedIDs(n.BPFFS)
+	pins, _, err := steertest.ReadPins(n.BPFFS)
 	if err != nil {
 		return err
 	}
-	if len(ids.progs) == 0 || len(ids.links) == 0 {
+	if len(pins.Programs) == 0 || len(pins.Links) == 0 {
 		return fmt.Errorf("node-cache pinned no programs under %s", n.BPFFS)
 	}
-	n.made.progIDs = appendNew(n.made.progIDs, ids.progs...)
-	n.made.mapIDs = appendNew(n.made.mapIDs, ids.maps...)
-	n.made.linkIDs = appendNew(n.made.linkIDs, ids.links...)
+	n.made.pins = steertest.AddIDs(n.made.pins, pins)
 	return nil
-}
-
-func appendNew(s []uint32, v ...uint32) []uint32 {
-	for _, x := range v {
-		if !slices.Contains(s, x) {
-			s = append(s, x)
-		}
-	}
-	return s
 }
 
 // recordENIs notes the host's ENI interfaces and their route tables: the
