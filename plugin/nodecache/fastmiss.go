@@ -79,10 +79,10 @@ func (fe *frontend) missAsync(pkt []byte, q *query, k key, w *fastWriter) bool {
 	}
 	mw.name = mw.pkt[headerLen : headerLen+len(q.name)]
 	fe.mMisses.Inc() // before the reply can leave
-	misses.WithLabelValues(fe.srv.Address()).Inc()
+	fe.mCacheMisses.Inc()
 	f, started := nc.flights.join(k, mw.land)
 	if !started {
-		coalesced.WithLabelValues(fe.srv.Address()).Inc()
+		fe.mCoalesced.Inc()
 		return true
 	}
 	if e := nc.lookup(k); e != nil && e.fresh(nc.clock()) {

@@ -39,6 +39,9 @@ type frontend struct {
 	caches  atomic.Pointer[[]*NodeCache] // blocks seen serving this listener
 	routes  atomic.Pointer[routeTable]   // where misses go; nil: all through the chain
 	mMisses prometheus.Counter           // fastpath_misses_total of the listener
+	// misses_total and coalesced_total of the server, counted per fast-path
+	// miss without a label lookup
+	mCacheMisses, mCoalesced prometheus.Counter
 
 	misses chan struct{} // bounds concurrent hand-offs to the chain
 	stop   func()
@@ -124,7 +127,8 @@ func startFrontend(s *dnsserver.Server, nc *NodeCache) {
 		log.Warningf("fast path off for %s: too many listeners", addr)
 		return
 	}
-	fe := &frontend{addr: addr, bit: bit, srv: s, misses: make(chan struct{}, 4096), mMisses: fastMisses.WithLabelValues(addr)}
+	fe := &frontend{addr: addr, bit: bit, srv: s, misses: make(chan struct{}, 4096), mMisses: fastMisses.WithLabelValues(addr),
+		mCacheMisses: misses.WithLabelValues(s.Address()), mCoalesced: coalesced.WithLabelValues(s.Address())}
 	fe.caches.Store(&[]*NodeCache{})
 	stop, err := fe.start(nc.opts.FastPath)
 	if err != nil {
