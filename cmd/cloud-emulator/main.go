@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,15 +17,18 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 
 	"github.com/dnsaccel/dnsaccel/cloud/ecs"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cloud/pvtz"
+
+	"github.com/dnsaccel/dnsaccel/internal/logging"
 )
 
 func main() {
 	fs := pflag.NewFlagSet("cloud-emulator", pflag.ContinueOnError)
+	var logOpts logging.Options
+	logOpts.AddFlags(fs)
 	listen := fs.String("listen", "127.0.0.1:8380", "ADDR the OpenAPI endpoint listens on (HTTP; port 0 picks one, printed in the \"listening\" log line)")
 	keyID := fs.String("access-key-id", "emulator-access-key-id", "AccessKeyId the emulator accepts")
 	keySecret := fs.String("access-key-secret", "emulator-access-key-secret", "AccessKeySecret of --access-key-id")
@@ -52,7 +54,11 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	log := newLogger()
+	log, err := logOpts.New()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cloud-emulator: %v\n", err)
+		os.Exit(2)
+	}
 	if *faultRate < 0 || *faultRate > 1 || *throttleRate < 0 || *throttleRate > 1 {
 		log.Error("invalid configuration", "err", fmt.Sprintf("--fault-rate %v, --throttle-rate %v: want 0..1", *faultRate, *throttleRate))
 		os.Exit(2)
@@ -125,12 +131,4 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("stopped")
-}
-
-// newLogger logs JSON unless stderr is a terminal.
-func newLogger() *slog.Logger {
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
 }

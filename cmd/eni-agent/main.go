@@ -15,7 +15,6 @@ import (
 
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/auth/credentials"
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -23,10 +22,14 @@ import (
 	"github.com/dnsaccel/dnsaccel/cni/agent"
 	"github.com/dnsaccel/dnsaccel/cni/api"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
+
+	"github.com/dnsaccel/dnsaccel/internal/logging"
 )
 
 func main() {
 	fs := pflag.NewFlagSet("eni-agent", pflag.ContinueOnError)
+	var logOpts logging.Options
+	logOpts.AddFlags(fs)
 	var cfg agent.Config
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "unix socket eni-cni talks to")
 	fs.StringVar(&cfg.StateFile, "state", "/var/lib/dnsaccel/eni.db", "FILE: bbolt state (allocations, ENIs, pending cloud calls)")
@@ -65,7 +68,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "eni-agent: unexpected arguments %v\n", fs.Args())
 		os.Exit(2)
 	}
-	log := newLogger()
+	log, err := logOpts.New()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "eni-agent: %v\n", err)
+		os.Exit(2)
+	}
 	cfg.Log = log
 	if err := cfg.Validate(); err != nil {
 		log.Error("invalid configuration", "err", err)
@@ -126,12 +133,4 @@ func hostCleanup(log *slog.Logger) func(a api.Allocation) {
 			log.Warn("host-side cleanup", "key", a.Key.String(), "err", err)
 		}
 	}
-}
-
-// newLogger logs JSON unless stderr is a terminal.
-func newLogger() *slog.Logger {
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
 }

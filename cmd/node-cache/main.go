@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -13,15 +12,18 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/nodecache"
+
+	"github.com/dnsaccel/dnsaccel/internal/logging"
 )
 
 func main() {
 	var cfg nodecache.Config
 	fs := pflag.NewFlagSet("node-cache", pflag.ContinueOnError)
+	var logOpts logging.Options
+	logOpts.AddFlags(fs)
 	fs.StringArrayVar(&cfg.Listen, "listen", []string{"127.0.0.1:53"}, "IP:PORT the cache answers DNS on (UDP and TCP); repeatable")
 	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to (in Kubernetes mode: those outside the cluster zones), over TCP; repeatable (default: the nameservers of --resolv-conf)")
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
@@ -75,7 +77,11 @@ func main() {
 		fmt.Println(versionString())
 		return
 	}
-	log := newLogger()
+	log, err := logOpts.New()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "node-cache: %v\n", err)
+		os.Exit(2)
+	}
 	m, err := strconv.ParseUint(*mark, 0, 32)
 	if err != nil || m == 0 {
 		log.Error("invalid configuration", "err", fmt.Sprintf("--upstream-mark %q: want a non-zero 32-bit number", *mark))
@@ -172,12 +178,4 @@ func versionString() string {
 		return fmt.Sprintf("node-cache %s (CoreDNS %s, %s)", v, core, bi.GoVersion)
 	}
 	return "node-cache " + v
-}
-
-// newLogger logs JSON unless stderr is a terminal.
-func newLogger() *slog.Logger {
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
 }

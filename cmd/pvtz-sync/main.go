@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -29,12 +27,16 @@ import (
 	"github.com/dnsaccel/dnsaccel/externaldns/plan"
 	"github.com/dnsaccel/dnsaccel/externaldns/provider"
 	"github.com/dnsaccel/dnsaccel/externaldns/source"
+
+	"github.com/dnsaccel/dnsaccel/internal/logging"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
 	fs := pflag.NewFlagSet("pvtz-sync", pflag.ContinueOnError)
+	var logOpts logging.Options
+	logOpts.AddFlags(fs)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (default: the in-cluster service account)")
 	zone := fs.String("zone", "", "PrivateZone zone NAME the records go to (required)")
 	createZone := fs.Bool("create-zone", false, "create --zone (bound to --vpc-id) when it does not exist")
@@ -69,7 +71,11 @@ func run() int {
 		}
 		return 2
 	}
-	log := newLogger()
+	log, err := logOpts.New()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pvtz-sync: %v\n", err)
+		os.Exit(2)
+	}
 	fail := func(msg string, args ...any) int { log.Error(msg, args...); return 2 }
 	if *zone == "" {
 		return fail("invalid configuration", "err", "--zone is required")
@@ -187,12 +193,4 @@ func run() int {
 		log.Error("cannot sync", "err", err)
 		return 2
 	}
-}
-
-// newLogger logs JSON unless stderr is a terminal.
-func newLogger() *slog.Logger {
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
 }
