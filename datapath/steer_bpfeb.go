@@ -20,21 +20,19 @@ type steerDnsaConfig struct {
 	Pad       uint32
 }
 
-type steerDnsaRevKey struct {
-	_      structs.HostLayout
-	Cookie uint64
-	Addr   [4]uint32
-	Port   uint16
-	Family uint8
-	Pad    [5]uint8
+type steerDnsaRevEntry struct {
+	_          structs.HostLayout
+	Target     [4]uint32
+	Vip        [4]uint32
+	TargetPort uint16
+	VipPort    uint16
+	Family     uint8
+	Pad        [3]uint8
 }
 
 type steerDnsaRevValue struct {
-	_      structs.HostLayout
-	Addr   [4]uint32
-	Port   uint16
-	Family uint8
-	Pad    uint8
+	_    structs.HostLayout
+	Slot [4]steerDnsaRevEntry
 }
 
 type steerDnsaSteerKey struct {
@@ -101,6 +99,7 @@ type steerProgramSpecs struct {
 	DnsaGetpeer6 *ebpf.ProgramSpec `ebpf:"dnsa_getpeer6"`
 	DnsaRecvmsg4 *ebpf.ProgramSpec `ebpf:"dnsa_recvmsg4"`
 	DnsaRecvmsg6 *ebpf.ProgramSpec `ebpf:"dnsa_recvmsg6"`
+	DnsaRevUdp   *ebpf.ProgramSpec `ebpf:"dnsa_rev_udp"`
 	DnsaSendmsg4 *ebpf.ProgramSpec `ebpf:"dnsa_sendmsg4"`
 	DnsaSendmsg6 *ebpf.ProgramSpec `ebpf:"dnsa_sendmsg6"`
 }
@@ -175,6 +174,7 @@ type steerPrograms struct {
 	DnsaGetpeer6 *ebpf.Program `ebpf:"dnsa_getpeer6"`
 	DnsaRecvmsg4 *ebpf.Program `ebpf:"dnsa_recvmsg4"`
 	DnsaRecvmsg6 *ebpf.Program `ebpf:"dnsa_recvmsg6"`
+	DnsaRevUdp   *ebpf.Program `ebpf:"dnsa_rev_udp"`
 	DnsaSendmsg4 *ebpf.Program `ebpf:"dnsa_sendmsg4"`
 	DnsaSendmsg6 *ebpf.Program `ebpf:"dnsa_sendmsg6"`
 }
@@ -187,6 +187,7 @@ func (p *steerPrograms) Close() error {
 		p.DnsaGetpeer6,
 		p.DnsaRecvmsg4,
 		p.DnsaRecvmsg6,
+		p.DnsaRevUdp,
 		p.DnsaSendmsg4,
 		p.DnsaSendmsg6,
 	)
