@@ -19,7 +19,8 @@ import (
 
 // TestReverseOutlivesChurn: a long-lived connected UDP socket to the VIP
 // keeps seeing the VIP as its peer (getpeername) and as the source of its
-// replies (recvmsg) after far more short-lived steered sockets than the
+// replies (recvmsg) after far more short-lived steered sockets (each asking
+// for its peer, so their entries are used, as a resolver's are) than the
 // 65,536 entries the reverse state once had (an LRU map, which evicted the
 // long-lived socket's entry); and the reverse state holds only open
 // sockets: the churned ones leave nothing, the long-lived one's goes when
@@ -112,9 +113,18 @@ func TestReverseOutlivesChurn(t *testing.T) {
 				return err
 			}
 			err = unix.Connect(fd, sa)
+			var peer unix.Sockaddr
+			if err == nil {
+				// As a resolver asking for the source of its reply does:
+				// the reverse state is looked up, not only written.
+				peer, err = unix.Getpeername(fd)
+			}
 			unix.Close(fd)
 			if err != nil {
 				return err
+			}
+			if got := sockaddrPort(peer); got != vip {
+				return fmt.Errorf("churned socket %d: getpeername shows %s, want the VIP %s", i, got, vip)
 			}
 			if i%4096 == 0 && time.Now().After(deadline) {
 				return fmt.Errorf("only %d sockets within %s", i, budget)
@@ -124,7 +134,7 @@ func TestReverseOutlivesChurn(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("churn: %v", err)
 	}
-	t.Logf("%d steered sockets connected and closed in %s", churn, time.Since(start).Round(time.Millisecond))
+	t.Logf("%d steered sockets connected, asked for their peer and closed in %s", churn, time.Since(start).Round(time.Millisecond))
 	after, err := s.Stats()
 	if err != nil {
 		t.Fatal(err)
