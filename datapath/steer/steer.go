@@ -1,4 +1,4 @@
-// Package datapath loads, attaches, pins and drives dnsaccel's eBPF DNS
+// Package steer loads, attaches, pins and drives dnsaccel's eBPF DNS
 // steering (bpf/steer.c): cgroup sock_addr programs that send sockets'
 // queries for a Service VIP to a local address instead, while a heartbeat
 // refreshed from user space is fresh, and show the replies as coming from
@@ -11,7 +11,7 @@
 // switched to the new program atomically (BPF_LINK_UPDATE), so steering never
 // stops. Close releases this process's handles and leaves everything
 // running; Cleanup removes it all.
-package datapath
+package steer
 
 import (
 	"errors"
@@ -28,6 +28,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
+
+	"github.com/dnsaccel/dnsaccel/datapath"
 )
 
 // PinDir is the directory under the bpffs mount that holds every pin.
@@ -65,7 +67,7 @@ func (r Rule) String() string { return fmt.Sprintf("%s/%s -> %s", r.VIP, r.Proto
 type Options struct {
 	// Cgroup is the cgroup v2 directory the programs attach to; every
 	// socket of a process in it or below is steered. Default: the cgroup
-	// v2 mount (DetectCgroup2).
+	// v2 mount (datapath.DetectCgroup2).
 	Cgroup string
 	// BPFFS is a bpf file system mount; pins go to <BPFFS>/dnsaccel.
 	// Default /sys/fs/bpf. If the directory is not a bpf file system,
@@ -83,13 +85,13 @@ func (o *Options) defaults() error {
 		o.BPFFS = "/sys/fs/bpf"
 	}
 	if o.Cgroup == "" {
-		cg, err := DetectCgroup2()
+		cg, err := datapath.DetectCgroup2()
 		if err != nil {
 			return err
 		}
 		o.Cgroup = cg
 	} else {
-		o.Cgroup = hybridCgroup2(o.Cgroup)
+		o.Cgroup = datapath.Cgroup2Dir(o.Cgroup)
 	}
 	if o.HeartbeatTimeout <= 0 {
 		o.HeartbeatTimeout = time.Second
@@ -212,10 +214,10 @@ func Preflight(opts Options) (_ Options, mounted bool, err error) {
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
 	// to the memory cgroup (then this is a no-op).
 	_ = rlimit.RemoveMemlock()
-	if err := Check(opts.Cgroup); err != nil {
+	if err := datapath.Check(opts.Cgroup); err != nil {
 		return opts, false, err
 	}
-	mounted, err = ensureBPFFS(opts.BPFFS)
+	mounted, err = datapath.EnsureBPFFS(opts.BPFFS)
 	return opts, mounted, err
 }
 

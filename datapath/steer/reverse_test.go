@@ -1,4 +1,4 @@
-package datapath_test
+package steer_test
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 )
 
@@ -33,12 +33,12 @@ func TestReverseOutlivesChurn(t *testing.T) {
 	vip := netip.AddrPortFrom(tp.VIP, 53)
 
 	// The heartbeat outlasts the churn: steering stays on without beats.
-	s, err := datapath.Attach(datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: 5 * time.Minute})
+	s, err := steer.Attach(steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Cleanup() })
-	if err := s.SetTable([]datapath.Rule{{VIP: vip, Proto: datapath.UDP, Target: cache.addr}}); err != nil {
+	if err := s.SetTable([]steer.Rule{{VIP: vip, Proto: steer.UDP, Target: cache.addr}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Beat(); err != nil {
@@ -139,11 +139,11 @@ func TestReverseOutlivesChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := after[datapath.StatSteered] - before[datapath.StatSteered]; got < churn {
+	if got := after[steer.StatSteered] - before[steer.StatSteered]; got < churn {
 		t.Fatalf("only %d of %d churned sockets were steered (counters %v)", got, churn, after)
 	}
-	if after[datapath.StatRevFail] != 0 {
-		t.Errorf("%d reverse entries not stored", after[datapath.StatRevFail])
+	if after[steer.StatRevFail] != 0 {
+		t.Errorf("%d reverse entries not stored", after[steer.StatRevFail])
 	}
 
 	checkLong("after the churn")
@@ -215,14 +215,14 @@ func sockaddrPort(sa unix.Sockaddr) netip.AddrPort {
 func TestAdoptReplacesChangedMap(t *testing.T) {
 	cg := steertest.RequireBPF(t)
 	bpffs := steertest.BPFFS(t)
-	opts := datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: time.Minute}
-	s1, err := datapath.Attach(opts)
+	opts := steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: time.Minute}
+	s1, err := steer.Attach(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { datapath.Cleanup(bpffs) })
-	rule := datapath.Rule{VIP: netip.MustParseAddrPort("10.246.255.1:53"), Proto: datapath.UDP, Target: netip.MustParseAddrPort("169.254.255.1:53")}
-	if err := s1.SetTable([]datapath.Rule{rule}); err != nil {
+	t.Cleanup(func() { steer.Cleanup(bpffs) })
+	rule := steer.Rule{VIP: netip.MustParseAddrPort("10.246.255.1:53"), Proto: steer.UDP, Target: netip.MustParseAddrPort("169.254.255.1:53")}
+	if err := s1.SetTable([]steer.Rule{rule}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s1.Beat(); err != nil {
@@ -232,7 +232,7 @@ func TestAdoptReplacesChangedMap(t *testing.T) {
 	s1.Close()
 
 	// The earlier version's dnsa_rev, pinned where the current one was.
-	pin := filepath.Join(bpffs, datapath.PinDir, "dnsa_rev")
+	pin := filepath.Join(bpffs, steer.PinDir, "dnsa_rev")
 	if err := os.Remove(pin); err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestAdoptReplacesChangedMap(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s2, err := datapath.Attach(opts)
+	s2, err := steer.Attach(opts)
 	if err != nil {
 		t.Fatalf("attach over an old-layout map: %v", err)
 	}
@@ -253,10 +253,10 @@ func TestAdoptReplacesChangedMap(t *testing.T) {
 	if got := s2.Replaced(); !slices.Equal(got, []string{"dnsa_rev"}) {
 		t.Errorf("replaced %v, want [dnsa_rev]", got)
 	}
-	if s2.Adopted() != len(datapath.ProgramNames) {
-		t.Errorf("adopted %d links, want %d", s2.Adopted(), len(datapath.ProgramNames))
+	if s2.Adopted() != len(steer.ProgramNames) {
+		t.Errorf("adopted %d links, want %d", s2.Adopted(), len(steer.ProgramNames))
 	}
-	if got, err := s2.Table(); err != nil || !slices.Equal(got, []datapath.Rule{rule}) {
+	if got, err := s2.Table(); err != nil || !slices.Equal(got, []steer.Rule{rule}) {
 		t.Errorf("table after the upgrade: %v %v, want [%s]", got, err, rule)
 	}
 	if got, _ := s2.LastHeartbeat(); got != beat {
