@@ -15,6 +15,10 @@
  * go to the VIP untouched within the configured timeout. Sockets carrying
  * the configured SO_MARK (the cache's own upstream connections) are never
  * steered, so the cache can use the VIP as its upstream.
+ *
+ * The reverse translation lives in socket-local storage (dnsa_rev), which
+ * the kernel frees with the socket: a long-lived socket keeps it however
+ * many other sockets come and go, and closed sockets leave nothing behind.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -34,9 +38,9 @@ struct {
 } dnsa_steer SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct dnsa_rev_key);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct dnsa_rev_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dnsa_rev SEC(".maps");
@@ -103,34 +107,64 @@ static __always_inline int steer_ok(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+static __always_inline int same_target(const struct dnsa_rev_entry *e, const __u32 *addr, __u16 port,
+				       __u8 family)
+{
+	return e->family == family && e->target_port == port && e->target[0] == addr[0] &&
+	       e->target[1] == addr[1] && e->target[2] == addr[2] && e->target[3] == addr[3];
+}
+
 /*
- * remember stores the reverse translation for a socket steered to target;
- * only then may the caller rewrite the destination.
+ * remember stores the reverse translation in the socket's storage (created
+ * on its first steering); only then may the caller rewrite the destination.
  */
 static __always_inline int remember(struct bpf_sock_addr *ctx, const struct dnsa_steer_key *vip,
 				    const struct dnsa_steer_target *target)
 {
-	struct dnsa_rev_key rk = {};
-	struct dnsa_rev_value rv = {};
+	struct dnsa_rev_value *rev;
+	struct dnsa_rev_entry *e = 0;
+	int i;
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.addr[0] = target->addr[0];
-	rk.addr[1] = target->addr[1];
-	rk.addr[2] = target->addr[2];
-	rk.addr[3] = target->addr[3];
-	rk.port = target->port;
-	rk.family = target->family;
-	rv.addr[0] = vip->addr[0];
-	rv.addr[1] = vip->addr[1];
-	rv.addr[2] = vip->addr[2];
-	rv.addr[3] = vip->addr[3];
-	rv.port = vip->port;
-	rv.family = vip->family;
-	if (bpf_map_update_elem(&dnsa_rev, &rk, &rv, BPF_ANY) != 0) {
+	rev = bpf_sk_storage_get(&dnsa_rev, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rev) {
 		count(DNSA_STAT_REV_FAIL);
 		return 0;
 	}
+	/* The slot of this target, else the first free one (slots fill in
+	 * order and are never cleared), else the last. */
+	for (i = 0; i < DNSA_REV_SLOTS; i++) {
+		e = &rev->slot[i];
+		if (e->family == 0 || same_target(e, target->addr, target->port, target->family))
+			break;
+	}
+	e->target[0] = target->addr[0];
+	e->target[1] = target->addr[1];
+	e->target[2] = target->addr[2];
+	e->target[3] = target->addr[3];
+	e->target_port = target->port;
+	e->vip[0] = vip->addr[0];
+	e->vip[1] = vip->addr[1];
+	e->vip[2] = vip->addr[2];
+	e->vip[3] = vip->addr[3];
+	e->vip_port = vip->port;
+	e->family = target->family;
 	return 1;
+}
+
+/* reverse finds the translation of a steered socket's peer addr:port. */
+static __always_inline struct dnsa_rev_entry *reverse(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port,
+						      __u8 family)
+{
+	struct dnsa_rev_value *rev = bpf_sk_storage_get(&dnsa_rev, ctx->sk, 0, 0);
+	int i;
+
+	if (!rev)
+		return 0;
+	for (i = 0; i < DNSA_REV_SLOTS; i++) {
+		if (same_target(&rev->slot[i], addr, port, family))
+			return &rev->slot[i];
+	}
+	return 0;
 }
 
 static __always_inline void fwd4(struct bpf_sock_addr *ctx, __u8 proto)
@@ -195,51 +229,44 @@ static __always_inline void fwd6(struct bpf_sock_addr *ctx, __u8 proto)
 /* rev4/rev6: show a steered socket's peer (the cache) as the VIP. */
 static __always_inline void rev4(struct bpf_sock_addr *ctx)
 {
-	struct dnsa_rev_key rk = {};
-	struct dnsa_rev_value *rv;
+	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+	struct dnsa_rev_entry *e = reverse(ctx, addr, (__u16)ctx->user_port, DNSA_FAMILY_V4);
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.addr[0] = ctx->user_ip4;
-	rk.port = (__u16)ctx->user_port;
-	rk.family = DNSA_FAMILY_V4;
-	rv = bpf_map_lookup_elem(&dnsa_rev, &rk);
-	if (!rv || rv->family != DNSA_FAMILY_V4)
+	if (!e)
 		return;
-	ctx->user_ip4 = rv->addr[0];
-	ctx->user_port = rv->port;
+	ctx->user_ip4 = e->vip[0];
+	ctx->user_port = e->vip_port;
 	count(DNSA_STAT_REVERSED);
 }
 
 static __always_inline void rev6(struct bpf_sock_addr *ctx)
 {
-	struct dnsa_rev_key rk = {};
-	struct dnsa_rev_value *rv;
+	__u32 addr[4] = {};
+	struct dnsa_rev_entry *e;
 	int mapped = is_v4mapped(ctx);
+	__u8 family = DNSA_FAMILY_V4;
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.port = (__u16)ctx->user_port;
 	if (mapped) {
-		rk.addr[0] = ctx->user_ip6[3];
-		rk.family = DNSA_FAMILY_V4;
+		addr[0] = ctx->user_ip6[3];
 	} else {
-		rk.addr[0] = ctx->user_ip6[0];
-		rk.addr[1] = ctx->user_ip6[1];
-		rk.addr[2] = ctx->user_ip6[2];
-		rk.addr[3] = ctx->user_ip6[3];
-		rk.family = DNSA_FAMILY_V6;
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+		family = DNSA_FAMILY_V6;
 	}
-	rv = bpf_map_lookup_elem(&dnsa_rev, &rk);
-	if (!rv || rv->family != rk.family)
+	e = reverse(ctx, addr, (__u16)ctx->user_port, family);
+	if (!e)
 		return;
 	if (mapped) {
-		ctx->user_ip6[3] = rv->addr[0];
+		ctx->user_ip6[3] = e->vip[0];
 	} else {
-		ctx->user_ip6[0] = rv->addr[0];
-		ctx->user_ip6[1] = rv->addr[1];
-		ctx->user_ip6[2] = rv->addr[2];
-		ctx->user_ip6[3] = rv->addr[3];
+		ctx->user_ip6[0] = e->vip[0];
+		ctx->user_ip6[1] = e->vip[1];
+		ctx->user_ip6[2] = e->vip[2];
+		ctx->user_ip6[3] = e->vip[3];
 	}
-	ctx->user_port = rv->port;
+	ctx->user_port = e->vip_port;
 	count(DNSA_STAT_REVERSED);
 }
 
@@ -299,4 +326,36 @@ int dnsa_getpeer6(struct bpf_sock_addr *ctx)
 {
 	rev6(ctx);
 	return 1;
+}
+
+/*
+ * dnsa_rev_udp writes one byte per UDP socket (of the network namespace
+ * that reads it) holding a reverse translation: user space (datapath:
+ * ReverseUDPSockets) reads the iterator and counts. Not attached to
+ * anything and loaded only when asked for, as iterators need the kernel's
+ * BTF. The context is the kernel's struct bpf_iter__udp; only the leading
+ * pointer fields read here are declared, at the kernel's offsets.
+ */
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+};
+
+struct udp_sock;
+
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+};
+
+SEC("iter/udp")
+int dnsa_rev_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *sk = ctx->udp_sk;
+	char one = 1;
+
+	if (sk && bpf_sk_storage_get(&dnsa_rev, sk, 0, 0))
+		bpf_seq_write(ctx->meta->seq, &one, 1);
+	return 0;
 }

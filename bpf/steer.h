@@ -30,23 +30,30 @@ struct dnsa_steer_target {
 	__u8 pad;
 };
 
+/* Reverse translations kept per socket (a socket steered to more targets
+ * than this overwrites the last slot). */
+#define DNSA_REV_SLOTS 4
+
 /*
- * Reverse translation, per socket: the cache's address a steered socket was
- * sent to, keyed with the socket cookie, gives back the VIP it asked for.
+ * Reverse translation of one steered destination of a socket: replies from
+ * target (the cache's address) are shown as coming from vip.
  */
-struct dnsa_rev_key {
-	__u64 cookie;
-	__u32 addr[4];
-	__u16 port;
-	__u8 family;
-	__u8 pad[5];
+struct dnsa_rev_entry {
+	__u32 target[4];
+	__u32 vip[4];
+	__u16 target_port; /* network byte order */
+	__u16 vip_port;    /* network byte order */
+	__u8 family;       /* of both; 0: unused slot */
+	__u8 pad[3];
 };
 
+/*
+ * The value of dnsa_rev: socket-local storage (BPF_MAP_TYPE_SK_STORAGE), so
+ * it lives exactly as long as the socket: the kernel frees it with the
+ * socket, and no number of other sockets can evict it.
+ */
 struct dnsa_rev_value {
-	__u32 addr[4];
-	__u16 port;
-	__u8 family;
-	__u8 pad;
+	struct dnsa_rev_entry slot[DNSA_REV_SLOTS];
 };
 
 /* Settings user space writes once per attach. */
@@ -65,7 +72,7 @@ enum dnsa_stat {
 	DNSA_STAT_STALE = 1,      /* matched, not steered: heartbeat too old */
 	DNSA_STAT_SKIP_MARK = 2,  /* matched, not steered: the cache's own socket */
 	DNSA_STAT_REVERSED = 3,   /* recvmsg/getpeername shown the VIP again */
-	DNSA_STAT_REV_FAIL = 4,   /* matched, not steered: reverse entry not stored */
+	DNSA_STAT_REV_FAIL = 4,   /* matched, not steered: socket storage not allocated */
 	DNSA_STAT_MAX = 8,
 };
 

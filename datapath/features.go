@@ -87,9 +87,9 @@ func Check(cgroup string) error {
 	return nil
 }
 
-// ensureBPFFS makes sure path is a bpf file system, mounting one on it if it
+// EnsureBPFFS makes sure path is a bpf file system, mounting one on it if it
 // is not (the directory must exist). It reports whether it mounted.
-func ensureBPFFS(path string) (bool, error) {
+func EnsureBPFFS(path string) (bool, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
 		return false, fmt.Errorf("bpf file system at %s: %w", path, err)
@@ -103,10 +103,10 @@ func ensureBPFFS(path string) (bool, error) {
 	return true, nil
 }
 
-// hybridCgroup2 returns dir, or dir/unified when dir is not a cgroup v2 mount
+// Cgroup2Dir returns dir, or dir/unified when dir is not a cgroup v2 mount
 // but dir/unified is: the host's /sys/fs/cgroup of a hybrid layout (v1
 // controllers, v2 at unified), as a DaemonSet mounts it from the host.
-func hybridCgroup2(dir string) string {
+func Cgroup2Dir(dir string) string {
 	if isCgroup2(dir) {
 		return dir
 	}

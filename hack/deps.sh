@@ -12,9 +12,10 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
-# etcd-server: the test API server's store. clang/llvm/libbpf-dev: make generate.
+# etcd-server: the test API server's store. clang/llvm: make generate (the
+# kernel and libbpf headers are vendored in bpf/include).
 # dnsperf/unbound/dnsmasq-base: benchmark peers. dnsutils: dig. iproute2: ip netns.
-packages=(etcd-server clang llvm libbpf-dev linux-libc-dev dnsperf unbound dnsmasq-base dnsutils iproute2 iptables tcpdump gnuplot-nox)
+packages=(etcd-server clang llvm dnsperf unbound dnsmasq-base dnsutils iproute2 iptables tcpdump gnuplot-nox)
 
 missing=()
 for p in "${packages[@]}"; do

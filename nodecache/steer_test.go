@@ -23,8 +23,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -321,7 +321,7 @@ cache-only.steer.test:53 {
 	if !strings.Contains(nc.logs.String(), "heartbeat expired") {
 		t.Errorf("no handover log line:\n%s", nc.logs.String())
 	}
-	if !datapath.Pinned(s.bpffs) {
+	if !steer.Pinned(s.bpffs) {
 		t.Error("pins removed on SIGTERM; a successor could not adopt them")
 	}
 	if ok, _ := steertest.HasAddr("lo", s.LocalIP); !ok {
@@ -342,15 +342,15 @@ cache-only.steer.test:53 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pins.Links) != len(datapath.ProgramNames) || len(pins.Programs) != len(datapath.ProgramNames) || len(pins.Maps) != len(datapath.MapNames) {
-		t.Fatalf("pinned: %v; want %d links, %d programs, %d maps", pinNames, len(datapath.ProgramNames), len(datapath.ProgramNames), len(datapath.MapNames))
+	if len(pins.Links) != len(steer.ProgramNames) || len(pins.Programs) != len(steer.ProgramNames) || len(pins.Maps) != len(steer.MapNames) {
+		t.Fatalf("pinned: %v; want %d links, %d programs, %d maps", pinNames, len(steer.ProgramNames), len(steer.ProgramNames), len(steer.MapNames))
 	}
 	t.Logf("pinned before --cleanup: %v", pinNames)
 	if out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput(); err != nil {
 		t.Fatalf("--cleanup: %v\n%s", err, out)
 	}
-	if datapath.Pinned(s.bpffs) {
-		t.Errorf("%s/%s still there after --cleanup", s.bpffs, datapath.PinDir)
+	if steer.Pinned(s.bpffs) {
+		t.Errorf("%s/%s still there after --cleanup", s.bpffs, steer.PinDir)
 	}
 	if ok, err := steertest.HasAddr("lo", s.LocalIP); ok || err != nil {
 		t.Errorf("--local-ip %s still on lo after --cleanup (err %v)", s.LocalIP, err)
@@ -470,7 +470,7 @@ func TestSteerKillAndRestart(t *testing.T) {
 	// kill -9 D: everything stays, and --cleanup removes it all.
 	old.cmd.Process.Signal(syscall.SIGKILL)
 	<-old.done
-	if s.notrackOwners(t) == nil || !datapath.Pinned(s.bpffs) {
+	if s.notrackOwners(t) == nil || !steer.Pinned(s.bpffs) {
 		t.Fatal("the NOTRACK table or the pins went with a kill -9")
 	}
 	if out, err := command(buildBinary(t), s.cleanupArgs()...).CombinedOutput(); err != nil {
@@ -479,7 +479,7 @@ func TestSteerKillAndRestart(t *testing.T) {
 	if ok, err := s.notrack.Exists(); ok || err != nil {
 		t.Errorf("NOTRACK table inet %s still there after --cleanup (err %v)", s.notrack.Name, err)
 	}
-	if datapath.Pinned(s.bpffs) {
+	if steer.Pinned(s.bpffs) {
 		t.Errorf("pins still there after --cleanup")
 	}
 }
@@ -488,12 +488,12 @@ func TestSteerKillAndRestart(t *testing.T) {
 // not steered because the heartbeat was stale, and queries steered.
 func steerCounters(t *testing.T, bpffs string) (stale, steered uint64) {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(bpffs, datapath.PinDir, "dnsa_stats"), nil)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(bpffs, steer.PinDir, "dnsa_stats"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	sum := func(i datapath.Stat) uint64 {
+	sum := func(i steer.Stat) uint64 {
 		var per []uint64
 		if err := m.Lookup(uint32(i), &per); err != nil {
 			t.Fatal(err)
@@ -504,7 +504,7 @@ func steerCounters(t *testing.T, bpffs string) (stale, steered uint64) {
 		}
 		return n
 	}
-	return sum(datapath.StatStale), sum(datapath.StatSteered)
+	return sum(steer.StatStale), sum(steer.StatSteered)
 }
 
 // load sends queries for ClusterName to the VIP from the pod, each from a
@@ -635,8 +635,8 @@ func TestSteerBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "cgroup v2") {
 		t.Errorf("--cgroup on a non-cgroup2 directory: want an error naming cgroup v2, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
-		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
+	if ok, _ := steertest.HasAddr("lo", local); ok || steer.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, steer.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// No BPF permission: the same, as an unprivileged user.
@@ -648,8 +648,8 @@ func TestSteerBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "BPF permission") {
 		t.Errorf("as an unprivileged user: want an error naming the BPF permission, got %v: %s", err, out)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
-		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
+	if ok, _ := steertest.HasAddr("lo", local); ok || steer.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("a failed start left the address (%v), pins (%v) or the NOTRACK table (%v)", ok, steer.Pinned(bpffs), tableExists(t, table))
 	}
 
 	// --steer=false: the plain cache, no BPF, no address.
@@ -661,8 +661,8 @@ func TestSteerBadInput(t *testing.T) {
 	if r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, listen); err != nil || len(r.Answer) != 1 {
 		t.Errorf("--steer=false cache on %s: %v %v", listen, err, r)
 	}
-	if ok, _ := steertest.HasAddr("lo", local); ok || datapath.Pinned(bpffs) || tableExists(t, table) {
-		t.Errorf("--steer=false set up the address (%v), pins (%v) or the NOTRACK table (%v)", ok, datapath.Pinned(bpffs), tableExists(t, table))
+	if ok, _ := steertest.HasAddr("lo", local); ok || steer.Pinned(bpffs) || tableExists(t, table) {
+		t.Errorf("--steer=false set up the address (%v), pins (%v) or the NOTRACK table (%v)", ok, steer.Pinned(bpffs), tableExists(t, table))
 	}
 }
 

@@ -21,8 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 )
 
 // Steering defaults.
@@ -273,8 +273,8 @@ func KubeDNSVIPs(ctx context.Context, cs kubernetes.Interface) ([]string, error)
 
 // rules are the steering table: each VIP, port 53, UDP and TCP, to the
 // first local IP of its family, port 53.
-func (s *Steer) rules() []datapath.Rule {
-	var out []datapath.Rule
+func (s *Steer) rules() []steer.Rule {
+	var out []steer.Rule
 	for _, v := range s.ClusterDNS {
 		vip, err := parseHostIP(v)
 		if err != nil {
@@ -285,8 +285,8 @@ func (s *Steer) rules() []datapath.Rule {
 			if err != nil || local.Is4() != vip.Is4() {
 				continue
 			}
-			for _, p := range []datapath.Proto{datapath.UDP, datapath.TCP} {
-				out = append(out, datapath.Rule{VIP: netip.AddrPortFrom(vip, 53), Proto: p, Target: netip.AddrPortFrom(local, 53)})
+			for _, p := range []steer.Proto{steer.UDP, steer.TCP} {
+				out = append(out, steer.Rule{VIP: netip.AddrPortFrom(vip, 53), Proto: p, Target: netip.AddrPortFrom(local, 53)})
 			}
 			break
 		}
@@ -294,8 +294,8 @@ func (s *Steer) rules() []datapath.Rule {
 	return out
 }
 
-func (s *Steer) options() datapath.Options {
-	return datapath.Options{Cgroup: s.Cgroup, BPFFS: s.BPFFS, HeartbeatTimeout: s.HeartbeatTimeout, SkipMark: s.UpstreamMark}
+func (s *Steer) options() steer.Options {
+	return steer.Options{Cgroup: s.Cgroup, BPFFS: s.BPFFS, HeartbeatTimeout: s.HeartbeatTimeout, SkipMark: s.UpstreamMark}
 }
 
 // interfaceLink returns the link the local IPs go on: --interface, or
@@ -394,7 +394,7 @@ func (s *Steer) notrackTable() notrack.Table {
 // remove is fine.
 func Cleanup(s Steer, log *slog.Logger) error {
 	var errs []error
-	if err := datapath.Cleanup(s.BPFFS); err != nil {
+	if err := steer.Cleanup(s.BPFFS); err != nil {
 		errs = append(errs, err)
 	}
 	if removed, err := s.notrackTable().Remove(); err != nil {
@@ -438,7 +438,7 @@ func Cleanup(s Steer, log *slog.Logger) error {
 
 // steering is the running steering of an agent.
 type steering struct {
-	dp     *datapath.Steering
+	dp     *steer.Steering
 	cfg    Steer
 	iface  string
 	log    *slog.Logger
@@ -457,14 +457,14 @@ type steering struct {
 // heartbeat, after CoreDNS serves (beat).
 func startSteering(cfg Steer, log *slog.Logger) (*steering, error) {
 	// Missing kernel features fail here, before anything is changed.
-	if _, _, err := datapath.Preflight(cfg.options()); err != nil {
+	if _, _, err := steer.Preflight(cfg.options()); err != nil {
 		return nil, err
 	}
 	iface, undo, err := cfg.setupAddresses(log)
 	if err != nil {
 		return nil, err
 	}
-	dp, err := datapath.Attach(cfg.options())
+	dp, err := steer.Attach(cfg.options())
 	if err != nil {
 		undo()
 		return nil, err
@@ -668,9 +668,9 @@ func (steerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(len(t)))
 	}
 	if st, err := s.dp.Stats(); err == nil {
-		for k, name := range map[datapath.Stat]string{
-			datapath.StatSteered: "steered", datapath.StatStale: "stale_heartbeat",
-			datapath.StatSkipMark: "own_socket", datapath.StatReversed: "reply_from_vip",
+		for k, name := range map[steer.Stat]string{
+			steer.StatSteered: "steered", steer.StatStale: "stale_heartbeat",
+			steer.StatSkipMark: "own_socket", steer.StatReversed: "reply_from_vip",
 		} {
 			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st[k]), name)
 		}

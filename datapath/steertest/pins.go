@@ -10,13 +10,13 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 )
 
 // ReadPins loads every pin under bpffs/dnsaccel (link_*, prog_*, the rest
 // maps) for its kernel ID; names are the pin files.
-func ReadPins(bpffs string) (ids datapath.IDs, names []string, err error) {
-	dir := filepath.Join(bpffs, datapath.PinDir)
+func ReadPins(bpffs string) (ids steer.IDs, names []string, err error) {
+	dir := filepath.Join(bpffs, steer.PinDir)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return ids, nil, err
@@ -69,7 +69,7 @@ func ReadPins(bpffs string) (ids datapath.IDs, names []string, err error) {
 
 // AddIDs is a with the IDs of b it does not hold yet (a restarted
 // node-cache keeps the maps and links and replaces the programs).
-func AddIDs(a, b datapath.IDs) datapath.IDs {
+func AddIDs(a, b steer.IDs) steer.IDs {
 	for _, id := range b.Programs {
 		if !slices.Contains(a.Programs, id) {
 			a.Programs = append(a.Programs, id)
@@ -89,7 +89,7 @@ func AddIDs(a, b datapath.IDs) datapath.IDs {
 }
 
 // Alive lists the objects of ids the kernel still has: "eBPF program 12".
-func Alive(ids datapath.IDs) []string {
+func Alive(ids steer.IDs) []string {
 	var out []string
 	for _, id := range ids.Programs {
 		if o, err := ebpf.NewProgramFromID(id); err == nil {

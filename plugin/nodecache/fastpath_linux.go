@@ -13,9 +13,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/dnsaccel/dnsaccel/datapath/reuseport"
 )
 
 const (
@@ -47,7 +47,10 @@ func (fe *frontend) start(n int) (func(), error) {
 		}
 		fds = append(fds, fd)
 	}
-	steer, err := steerToSockets(fds)
+	// Every datagram to the port goes to a fast-path socket, none to
+	// CoreDNS's own socket in the group; when the fast-path sockets close,
+	// the group hashes over what is left, i.e. CoreDNS's socket.
+	steer, err := reuseport.Attach(fds)
 	if err != nil {
 		// Correct without it, only slower: CoreDNS's own socket keeps a
 		// share of the datagrams and serves them through the chain.
@@ -138,67 +141,6 @@ func bindUDP(ap netip.AddrPort) (int, error) {
 		return fail("bind "+ap.String(), err)
 	}
 	return fd, nil
-}
-
-// steering is the SK_REUSEPORT program and socket array of one listener.
-type steering struct {
-	prog *ebpf.Program
-	arr  *ebpf.Map
-}
-
-func (s *steering) Close() {
-	s.prog.Close()
-	s.arr.Close()
-}
-
-// steerToSockets attaches to the reuseport group an eBPF program that picks
-// one of fds by the flow hash, so CoreDNS's own socket in the group gets no
-// datagrams while the fast path runs. When the fast-path sockets close, the
-// program's array empties and the kernel falls back to its own hashing over
-// what is left, i.e. CoreDNS's socket: no datagram is ever steered nowhere.
-func steerToSockets(fds []int) (*steering, error) {
-	arr, err := ebpf.NewMap(&ebpf.MapSpec{
-		Type: ebpf.ReusePortSockArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(len(fds)),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reuseport socket array: %w", err)
-	}
-	for i, fd := range fds {
-		if err := arr.Update(uint32(i), uint64(fd), ebpf.UpdateAny); err != nil {
-			arr.Close()
-			return nil, fmt.Errorf("reuseport socket array update: %w", err)
-		}
-	}
-	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:       ebpf.SkReuseport,
-		AttachType: ebpf.AttachSkReuseportSelect,
-		License:    "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Reg(asm.R6, asm.R1),
-			asm.LoadMem(asm.R0, asm.R1, hashOff, asm.Word),
-			asm.Mod.Imm32(asm.R0, int32(len(fds))),
-			asm.StoreMem(asm.RFP, -4, asm.R0, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R6),
-			asm.LoadMapPtr(asm.R2, arr.FD()),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, -4),
-			asm.Mov.Imm(asm.R4, 0),
-			asm.FnSkSelectReuseport.Call(),
-			asm.Mov.Imm(asm.R0, 1), // SK_PASS: on a failed select the kernel hashes
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		arr.Close()
-		return nil, fmt.Errorf("reuseport program: %w", err)
-	}
-	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, prog.FD()); err != nil {
-		prog.Close()
-		arr.Close()
-		return nil, fmt.Errorf("SO_ATTACH_REUSEPORT_EBPF: %w", err)
-	}
-	return &steering{prog: prog, arr: arr}, nil
 }
 
 type mmsghdr struct {

@@ -13,7 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 )
 
@@ -21,11 +21,11 @@ import (
 // operations steered to node-cache, and operations left alone because the
 // heartbeat was stale (those went to the VIP, i.e. the central CoreDNS).
 func (n *Node) SteerStats() (steered, stale uint64, err error) {
-	st, err := datapath.PinnedStats(n.BPFFS)
+	st, err := steer.PinnedStats(n.BPFFS)
 	if err != nil {
 		return 0, 0, err
 	}
-	return st[datapath.StatSteered], st[datapath.StatStale], nil
+	return st[steer.StatSteered], st[steer.StatStale], nil
 }
 
 // Leftovers lists what the node made that still exists: network

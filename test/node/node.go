@@ -52,6 +52,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
@@ -176,8 +177,8 @@ type made struct {
 	links     []string
 	addrs     []netip.Addr
 	pids      []int
-	listeners []string     // TCP addresses the node's processes listened on
-	pins      datapath.IDs // the steering's kernel objects, over every node-cache
+	listeners []string  // TCP addresses the node's processes listened on
+	pins      steer.IDs // the steering's kernel objects, over every node-cache
 	files     []string
 	tables    []int
 }

@@ -335,7 +335,7 @@ func (rep *Report) Markdown(plotRel string) string {
 	for _, n := range rep.Notes {
 		p("- %s.\n", n)
 	}
-	p("- Peers (unbound, CoreDNS) listen on LOCAL:53 themselves; the bench steers the VIP to them with the datapath package's API (`datapath.Attach`, `SetTable`, a `Beat` every quarter of the 1 s heartbeat timeout), the same programs and table node-cache installs, so no node-cache process is running (and counted in node CPU) while a peer is measured.\n\n")
+	p("- Peers (unbound, CoreDNS) listen on LOCAL:53 themselves; the bench steers the VIP to them with the steering package's API (`steer.Attach`, `SetTable`, a `Beat` every quarter of the 1 s heartbeat timeout), the same programs and table node-cache installs, so no node-cache process is running (and counted in node CPU) while a peer is measured.\n\n")
 
 	p("### Machine\n\n| | |\n|---|---|\n")
 	p("| Date | %s |\n| CPU | %s, %d CPUs |\n| Kernel | %s |\n| OS | %s |\n| Go | %s |\n| Load average at start | %.2f |\n| Load generator | %s |\n\n",

@@ -21,7 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
@@ -708,7 +708,7 @@ func (e *env) startPeer(ctx context.Context, name string) (_ *server, err error)
 	if err := bench.WaitReady(ctx, p, netip.AddrPortFrom(e.local, 53).String()); err != nil {
 		return nil, err
 	}
-	dp, err := datapath.Attach(datapath.Options{BPFFS: e.bpffs, HeartbeatTimeout: heartbeat})
+	dp, err := steer.Attach(steer.Options{BPFFS: e.bpffs, HeartbeatTimeout: heartbeat})
 	if err != nil {
 		return nil, fmt.Errorf("steering: %w", err)
 	}
@@ -717,9 +717,9 @@ func (e *env) startPeer(ctx context.Context, name string) (_ *server, err error)
 			e.logf("steering cleanup: %v", err)
 		}
 	})
-	var rules []datapath.Rule
-	for _, proto := range []datapath.Proto{datapath.UDP, datapath.TCP} {
-		rules = append(rules, datapath.Rule{VIP: netip.AddrPortFrom(e.vip, 53), Proto: proto, Target: netip.AddrPortFrom(e.local, 53)})
+	var rules []steer.Rule
+	for _, proto := range []steer.Proto{steer.UDP, steer.TCP} {
+		rules = append(rules, steer.Rule{VIP: netip.AddrPortFrom(e.vip, 53), Proto: proto, Target: netip.AddrPortFrom(e.local, 53)})
 	}
 	if err := dp.SetTable(rules); err != nil {
 		return nil, fmt.Errorf("steering table: %w", err)

@@ -1,4 +1,4 @@
-// Package datapath loads, attaches, pins and drives dnsaccel's eBPF DNS
+// Package steer loads, attaches, pins and drives dnsaccel's eBPF DNS
 // steering (bpf/steer.c): cgroup sock_addr programs that send sockets'
 // queries for a Service VIP to a local address instead, while a heartbeat
 // refreshed from user space is fresh, and show the replies as coming from
@@ -11,11 +11,12 @@
 // switched to the new program atomically (BPF_LINK_UPDATE), so steering never
 // stops. Close releases this process's handles and leaves everything
 // running; Cleanup removes it all.
-package datapath
+package steer
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -27,6 +28,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
+
+	"github.com/dnsaccel/dnsaccel/datapath"
 )
 
 // PinDir is the directory under the bpffs mount that holds every pin.
@@ -64,7 +67,7 @@ func (r Rule) String() string { return fmt.Sprintf("%s/%s -> %s", r.VIP, r.Proto
 type Options struct {
 	// Cgroup is the cgroup v2 directory the programs attach to; every
 	// socket of a process in it or below is steered. Default: the cgroup
-	// v2 mount (DetectCgroup2).
+	// v2 mount (datapath.DetectCgroup2).
 	Cgroup string
 	// BPFFS is a bpf file system mount; pins go to <BPFFS>/dnsaccel.
 	// Default /sys/fs/bpf. If the directory is not a bpf file system,
@@ -82,13 +85,13 @@ func (o *Options) defaults() error {
 		o.BPFFS = "/sys/fs/bpf"
 	}
 	if o.Cgroup == "" {
-		cg, err := DetectCgroup2()
+		cg, err := datapath.DetectCgroup2()
 		if err != nil {
 			return err
 		}
 		o.Cgroup = cg
 	} else {
-		o.Cgroup = hybridCgroup2(o.Cgroup)
+		o.Cgroup = datapath.Cgroup2Dir(o.Cgroup)
 	}
 	if o.HeartbeatTimeout <= 0 {
 		o.HeartbeatTimeout = time.Second
@@ -96,22 +99,46 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// hookObjects is what Attach loads: the maps and the hook programs (not
+// the iterator ReverseUDPSockets loads when asked, which needs kernel BTF).
+type hookObjects struct {
+	steerMaps
+	Connect4 *ebpf.Program `ebpf:"dnsa_connect4"`
+	Connect6 *ebpf.Program `ebpf:"dnsa_connect6"`
+	Sendmsg4 *ebpf.Program `ebpf:"dnsa_sendmsg4"`
+	Sendmsg6 *ebpf.Program `ebpf:"dnsa_sendmsg6"`
+	Recvmsg4 *ebpf.Program `ebpf:"dnsa_recvmsg4"`
+	Recvmsg6 *ebpf.Program `ebpf:"dnsa_recvmsg6"`
+	Getpeer4 *ebpf.Program `ebpf:"dnsa_getpeer4"`
+	Getpeer6 *ebpf.Program `ebpf:"dnsa_getpeer6"`
+}
+
+func (o *hookObjects) Close() error {
+	errs := []error{o.steerMaps.Close()}
+	for _, h := range hooks {
+		if p := h.prog(o); p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // hook is one attached program.
 type hook struct {
 	name   string // program name, and the pin names prog_<name>, link_<name>
 	attach ebpf.AttachType
-	prog   func(*steerPrograms) *ebpf.Program
+	prog   func(*hookObjects) *ebpf.Program
 }
 
 var hooks = []hook{
-	{"dnsa_connect4", ebpf.AttachCGroupInet4Connect, func(p *steerPrograms) *ebpf.Program { return p.DnsaConnect4 }},
-	{"dnsa_connect6", ebpf.AttachCGroupInet6Connect, func(p *steerPrograms) *ebpf.Program { return p.DnsaConnect6 }},
-	{"dnsa_sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *steerPrograms) *ebpf.Program { return p.DnsaSendmsg4 }},
-	{"dnsa_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *steerPrograms) *ebpf.Program { return p.DnsaSendmsg6 }},
-	{"dnsa_recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *steerPrograms) *ebpf.Program { return p.DnsaRecvmsg4 }},
-	{"dnsa_recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(p *steerPrograms) *ebpf.Program { return p.DnsaRecvmsg6 }},
-	{"dnsa_getpeer4", ebpf.AttachCgroupInet4GetPeername, func(p *steerPrograms) *ebpf.Program { return p.DnsaGetpeer4 }},
-	{"dnsa_getpeer6", ebpf.AttachCgroupInet6GetPeername, func(p *steerPrograms) *ebpf.Program { return p.DnsaGetpeer6 }},
+	{"dnsa_connect4", ebpf.AttachCGroupInet4Connect, func(o *hookObjects) *ebpf.Program { return o.Connect4 }},
+	{"dnsa_connect6", ebpf.AttachCGroupInet6Connect, func(o *hookObjects) *ebpf.Program { return o.Connect6 }},
+	{"dnsa_sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(o *hookObjects) *ebpf.Program { return o.Sendmsg4 }},
+	{"dnsa_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(o *hookObjects) *ebpf.Program { return o.Sendmsg6 }},
+	{"dnsa_recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(o *hookObjects) *ebpf.Program { return o.Recvmsg4 }},
+	{"dnsa_recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *hookObjects) *ebpf.Program { return o.Recvmsg6 }},
+	{"dnsa_getpeer4", ebpf.AttachCgroupInet4GetPeername, func(o *hookObjects) *ebpf.Program { return o.Getpeer4 }},
+	{"dnsa_getpeer6", ebpf.AttachCgroupInet6GetPeername, func(o *hookObjects) *ebpf.Program { return o.Getpeer6 }},
 }
 
 // ProgramNames are the kernel names of the steering programs (bpftool prog
@@ -129,12 +156,13 @@ var (
 
 // Steering is this process's handle on the attached steering.
 type Steering struct {
-	opts    Options
-	dir     string
-	objs    steerObjects
-	links   []link.Link
-	adopted int  // links found pinned and switched to our programs
-	mounted bool // Attach mounted the bpffs
+	opts     Options
+	dir      string
+	objs     hookObjects
+	links    []link.Link
+	adopted  int      // links found pinned and switched to our programs
+	replaced []string // pinned maps of another layout, replaced
+	mounted  bool     // Attach mounted the bpffs
 	// lastBeat is the value this process wrote last, so that a process
 	// handing over can tell a successor's beats from its own.
 	lastBeat atomic.Uint64
@@ -186,31 +214,46 @@ func Preflight(opts Options) (_ Options, mounted bool, err error) {
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
 	// to the memory cgroup (then this is a no-op).
 	_ = rlimit.RemoveMemlock()
-	if err := Check(opts.Cgroup); err != nil {
+	if err := datapath.Check(opts.Cgroup); err != nil {
 		return opts, false, err
 	}
-	mounted, err = ensureBPFFS(opts.BPFFS)
+	mounted, err = datapath.EnsureBPFFS(opts.BPFFS)
 	return opts, mounted, err
 }
 
-// load loads the collection, reusing maps pinned by an earlier process. A
-// pinned map that no longer matches the programs (an upgrade changed its
-// layout) is replaced: the old programs keep the old one until their links
-// are switched below.
+// load loads the maps and hook programs, reusing the maps pinned by an
+// earlier process. A pinned map that no longer matches the programs (an
+// upgrade changed its layout or type) is replaced, alone: the others keep
+// their contents, and the old programs keep the old map until their links
+// are switched in attach.
 func (s *Steering) load() error {
 	spec, err := loadSteer()
 	if err != nil {
 		return fmt.Errorf("steering programs: %w", err)
 	}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: s.dir}}
-	err = spec.LoadAndAssign(&s.objs, opts)
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		for _, m := range MapNames {
-			os.Remove(filepath.Join(s.dir, m))
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
 		}
-		err = spec.LoadAndAssign(&s.objs, opts)
+		p := filepath.Join(s.dir, name)
+		m, err := ebpf.LoadPinnedMap(p, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pinned map %s: %w", p, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("replacing pinned map %s: %w", p, err)
+			}
+			s.replaced = append(s.replaced, name)
+		}
 	}
-	if err != nil {
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: s.dir}}
+	if err := spec.LoadAndAssign(&s.objs, opts); err != nil {
 		return explainLoad(err)
 	}
 	return nil
@@ -238,7 +281,7 @@ func (s *Steering) attach() error {
 		return err
 	}
 	for _, h := range hooks {
-		prog := h.prog(&s.objs.steerPrograms)
+		prog := h.prog(&s.objs)
 		lpath := filepath.Join(s.dir, "link_"+h.name)
 		l, err := s.adopt(lpath, prog, cgID)
 		if err != nil {
@@ -298,6 +341,10 @@ func (s *Steering) adopt(path string, prog *ebpf.Program, cgID uint64) (link.Lin
 
 // Adopted reports how many links Attach found pinned and took over.
 func (s *Steering) Adopted() int { return s.adopted }
+
+// Replaced names the pinned maps Attach found with another layout (an
+// earlier version's) and replaced with fresh ones.
+func (s *Steering) Replaced() []string { return s.replaced }
 
 // MountedBPFFS reports whether Attach had to mount the bpf file system.
 func (s *Steering) MountedBPFFS() bool { return s.mounted }
@@ -531,6 +578,40 @@ func readStats(m *ebpf.Map) (map[Stat]uint64, error) {
 	return out, nil
 }
 
+// ReverseUDPSockets counts the UDP sockets of the calling thread's network
+// namespace that hold a reverse translation: those steered and still open
+// (the kernel frees the translation with its socket). It loads an iterator
+// program, which needs the kernel's BTF.
+func (s *Steering) ReverseUDPSockets() (int, error) {
+	spec, err := loadSteer()
+	if err != nil {
+		return 0, fmt.Errorf("steering programs: %w", err)
+	}
+	var it struct {
+		Prog *ebpf.Program `ebpf:"dnsa_rev_udp"`
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"dnsa_rev": s.objs.DnsaRev}}
+	if err := spec.LoadAndAssign(&it, opts); err != nil {
+		return 0, fmt.Errorf("loading the reverse-entry iterator (needs kernel BTF): %w", err)
+	}
+	defer it.Prog.Close()
+	l, err := link.AttachIter(link.IterOptions{Program: it.Prog})
+	if err != nil {
+		return 0, fmt.Errorf("reverse-entry iterator: %w", err)
+	}
+	defer l.Close()
+	r, err := l.Open()
+	if err != nil {
+		return 0, fmt.Errorf("reverse-entry iterator: %w", err)
+	}
+	defer r.Close()
+	n, err := io.Copy(io.Discard, r)
+	if err != nil {
+		return 0, fmt.Errorf("reading the reverse-entry iterator: %w", err)
+	}
+	return int(n), nil
+}
+
 // IDs are the kernel IDs of what this process holds, for checks that
 // everything is gone after Cleanup.
 type IDs struct {
@@ -543,7 +624,7 @@ type IDs struct {
 func (s *Steering) IDs() (IDs, error) {
 	var ids IDs
 	for _, h := range hooks {
-		info, err := h.prog(&s.objs.steerPrograms).Info()
+		info, err := h.prog(&s.objs).Info()
 		if err != nil {
 			return ids, err
 		}

@@ -1,4 +1,4 @@
-package datapath
+package steer
 
 import "encoding/binary"
 

@@ -1,4 +1,4 @@
-package datapath_test
+package steer_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath"
+	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 )
@@ -101,7 +101,7 @@ func TestSteering(t *testing.T) {
 	vip := netip.AddrPortFrom(tp.VIP, 53)
 	const timeout = 300 * time.Millisecond
 
-	s, err := datapath.Attach(datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: timeout, SkipMark: testMark})
+	s, err := steer.Attach(steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: timeout, SkipMark: testMark})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,9 +109,9 @@ func TestSteering(t *testing.T) {
 	if s.Adopted() != 0 {
 		t.Fatalf("fresh bpffs, yet %d links adopted", s.Adopted())
 	}
-	rules := []datapath.Rule{
-		{VIP: vip, Proto: datapath.UDP, Target: cache.addr},
-		{VIP: vip, Proto: datapath.TCP, Target: cache.addr},
+	rules := []steer.Rule{
+		{VIP: vip, Proto: steer.UDP, Target: cache.addr},
+		{VIP: vip, Proto: steer.TCP, Target: cache.addr},
 	}
 	if err := s.SetTable(rules); err != nil {
 		t.Fatal(err)
@@ -177,18 +177,18 @@ func TestSteering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st[datapath.StatSteered] < 2 || st[datapath.StatReversed] < 2 || st[datapath.StatSkipMark] < 1 || st[datapath.StatStale] < 1 {
+	if st[steer.StatSteered] < 2 || st[steer.StatReversed] < 2 || st[steer.StatSkipMark] < 1 || st[steer.StatStale] < 1 {
 		t.Errorf("counters: %v", st)
 	}
 
 	// Adoption: a second Attach (as a restarted process does) takes over
 	// the pinned links and maps; the table survives.
-	s2, err := datapath.Attach(datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: timeout, SkipMark: testMark})
+	s2, err := steer.Attach(steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: timeout, SkipMark: testMark})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s2.Adopted() != len(datapath.ProgramNames) {
-		t.Errorf("adopted %d links, want %d", s2.Adopted(), len(datapath.ProgramNames))
+	if s2.Adopted() != len(steer.ProgramNames) {
+		t.Errorf("adopted %d links, want %d", s2.Adopted(), len(steer.ProgramNames))
 	}
 	s.Close()
 	if err := s2.Beat(); err != nil {
@@ -225,8 +225,8 @@ func TestSteering(t *testing.T) {
 		t.Fatal(err)
 	}
 	steertest.WaitFor(t, "programs, maps and links gone", 5*time.Second, func() bool { return len(steertest.Alive(ids)) == 0 })
-	if datapath.Pinned(bpffs) {
-		t.Errorf("%s/%s still there after Cleanup", bpffs, datapath.PinDir)
+	if steer.Pinned(bpffs) {
+		t.Errorf("%s/%s still there after Cleanup", bpffs, steer.PinDir)
 	}
 	s2.Beat() // harmless on a closed handle
 	if res := query(steertest.ClusterName, false, 0); res.err != nil || !steertest.HasA(res.r, steertest.ClusterAnswer) {
@@ -283,19 +283,19 @@ func TestSteeringIPv6(t *testing.T) {
 	vip6 := netip.AddrPortFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x2, 0x46, 14: low[2], 15: low[3]}), 53)
 	vip4 := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 246, low[2], low[3]}), 53)
 
-	s, err := datapath.Attach(datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: 5 * time.Second, SkipMark: testMark})
+	s, err := steer.Attach(steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: 5 * time.Second, SkipMark: testMark})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Cleanup() })
-	if err := s.SetTable([]datapath.Rule{
-		{VIP: vip6, Proto: datapath.UDP, Target: cache6.addr},
-		{VIP: vip6, Proto: datapath.TCP, Target: cache6.addr},
-		{VIP: vip4, Proto: datapath.UDP, Target: cache4.addr},
+	if err := s.SetTable([]steer.Rule{
+		{VIP: vip6, Proto: steer.UDP, Target: cache6.addr},
+		{VIP: vip6, Proto: steer.TCP, Target: cache6.addr},
+		{VIP: vip4, Proto: steer.UDP, Target: cache4.addr},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetTable([]datapath.Rule{{VIP: vip6, Proto: datapath.UDP, Target: cache4.addr}}); err == nil {
+	if err := s.SetTable([]steer.Rule{{VIP: vip6, Proto: steer.UDP, Target: cache4.addr}}); err == nil {
 		t.Error("a rule mixing IP families was accepted")
 	}
 	if err := s.Beat(); err != nil {
@@ -345,15 +345,15 @@ func TestSteeringIPv6(t *testing.T) {
 func TestConcurrentAttach(t *testing.T) {
 	cg := steertest.RequireBPF(t)
 	bpffs := steertest.BPFFS(t)
-	opts := datapath.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: time.Second}
+	opts := steer.Options{Cgroup: cg, BPFFS: bpffs, HeartbeatTimeout: time.Second}
 	var (
 		wg   sync.WaitGroup
-		got  [2]*datapath.Steering
+		got  [2]*steer.Steering
 		errs [2]error
 	)
 	for i := range got {
 		wg.Add(1)
-		go func() { defer wg.Done(); got[i], errs[i] = datapath.Attach(opts) }()
+		go func() { defer wg.Done(); got[i], errs[i] = steer.Attach(opts) }()
 	}
 	wg.Wait()
 	t.Cleanup(func() {
@@ -362,13 +362,13 @@ func TestConcurrentAttach(t *testing.T) {
 				s.Close()
 			}
 		}
-		datapath.Cleanup(bpffs)
+		steer.Cleanup(bpffs)
 	})
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatalf("attach: %v, %v", errs[0], errs[1])
 	}
-	if a, b := got[0].Adopted(), got[1].Adopted(); a+b != len(datapath.ProgramNames) || a*b != 0 {
-		t.Fatalf("adopted %d and %d links, want 0 and %d", a, b, len(datapath.ProgramNames))
+	if a, b := got[0].Adopted(), got[1].Adopted(); a+b != len(steer.ProgramNames) || a*b != 0 {
+		t.Fatalf("adopted %d and %d links, want 0 and %d", a, b, len(steer.ProgramNames))
 	}
 	ids0, _ := got[0].IDs()
 	ids1, _ := got[1].IDs()
