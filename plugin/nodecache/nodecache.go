@@ -123,6 +123,7 @@ func (c *NodeCache) Start() error {
 func (c *NodeCache) Stop() error {
 	stopFrontends(c)
 	c.cancel()
+	c.withdrawAll() // after cancel: a stopped cache offers nothing more
 	c.bg.Wait()
 	if c.pool != nil {
 		return c.pool.Close()
@@ -343,6 +344,7 @@ func (c *NodeCache) store(k key, resp *dns.Msg, server string) result {
 		// serve the old one on their fast path can serve this one.
 		e.fastOn.Store(old.fastOn.Load())
 	}
+	e.live.Store(true)
 	if in.add(k, e) {
 		evictions.WithLabelValues(cacheType(e)).Inc()
 	}
