@@ -43,6 +43,7 @@ type Options struct {
 	HealthCheck    time.Duration
 	Timeout        time.Duration // whole upstream resolution, all attempts
 	FastPath       int           // UDP fast-path sockets per listener; 0 = off, -1 = one per CPU
+	UpstreamMark   uint32        // SO_MARK of upstream sockets; 0 = none
 }
 
 // DefaultOptions are the values used for everything a Corefile leaves out.
@@ -111,6 +112,7 @@ func (c *NodeCache) Start() error {
 		PreferUDP:   c.opts.PreferUDP,
 		MaxInflight: c.opts.MaxInflight,
 		HealthCheck: c.opts.HealthCheck,
+		Mark:        c.opts.UpstreamMark,
 	})
 	if err != nil {
 		return err
