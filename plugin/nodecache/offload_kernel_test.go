@@ -84,14 +84,14 @@ func TestKernelNeverHoldsWhatTheCacheDropped(t *testing.T) {
 			}
 			e := c.current(k)
 			if e == nil {
-				t.Fatalf("round %d: the kernel holds %s, which the cache dropped", round, k.name)
+				t.Fatalf("round %d: the kernel holds %s, which the cache dropped", round, wireName(k.name))
 			}
 			want, err := toKernelEntry(offloadEntry(k.name, k.qtype, k.bits, e, c.clock()))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(got.Data, want.Data) || got.Flags != want.Flags || got.Ancount != want.Ancount || got.Nscount != want.Nscount {
-				t.Fatalf("round %d: the kernel holds an old answer for %s", round, k.name)
+				t.Fatalf("round %d: the kernel holds an old answer for %s", round, wireName(k.name))
 			}
 		}
 	})

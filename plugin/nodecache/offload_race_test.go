@@ -20,6 +20,14 @@ type heldOffload struct {
 	held map[string]*OffloadEntry
 }
 
+func wireName(b []byte) string {
+	name, _, err := dns.UnpackDomainName(b, 0)
+	if err != nil {
+		return fmt.Sprintf("%x", b)
+	}
+	return name
+}
+
 func offloadID(k OffloadKey) string { return fmt.Sprintf("%x/%d/%v/%v", k.Name, k.Qtype, k.DO, k.CD) }
 
 func (o *heldOffload) Offer(e *OffloadEntry) bool {
@@ -156,11 +164,11 @@ func TestOffloadNeverHoldsWhatTheCacheDropped(t *testing.T) {
 			e := c.current(k)
 			switch {
 			case e == nil:
-				t.Fatalf("round %d: the offload holds %s, which the cache dropped", round, k.name)
+				t.Fatalf("round %d: the offload holds %s, which the cache dropped", round, wireName(k.name))
 			case !bytes.Equal(e.msg, h.Msg):
-				t.Fatalf("round %d: the offload holds an old answer for %s", round, k.name)
+				t.Fatalf("round %d: the offload holds an old answer for %s", round, wireName(k.name))
 			case !e.offloaded.Load():
-				t.Fatalf("round %d: the entry for %s is held but not marked offloaded", round, k.name)
+				t.Fatalf("round %d: the entry for %s is held but not marked offloaded", round, wireName(k.name))
 			}
 		}
 	})
