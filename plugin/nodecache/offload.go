@@ -13,16 +13,21 @@ import (
 )
 
 // Offload is a cache below CoreDNS that answers hot entries before their
-// queries reach any socket: dnsaccel's in-kernel cache (datapath/kcache),
-// set up by node-cache. The plugin decides what it holds: entries asked for
-// often enough that the fast path may serve (so no plugin before nodecache
-// changes their answer), positive or NXDOMAIN, class IN. It replaces an
-// offloaded entry when the cache refreshes it and withdraws it when the
-// cache drops it; the offload itself never serves an entry past its TTL.
+// queries reach any socket: dnsaccel's in-kernel cache (datapath/kcache).
+// It is the plugin's one hook for the program embedding it: node-cache
+// installs it with SetOffload (nodecache/kernelcache.go), converting each
+// OffloadEntry with kcache.NewEntry. The plugin decides what it holds:
+// entries asked for often enough that the fast path may serve (so no
+// plugin before nodecache changes their answer), positive or NXDOMAIN,
+// class IN. It replaces an offloaded entry when the cache refreshes it and
+// withdraws it when the cache drops it; the offload itself never serves an
+// entry past its TTL.
 //
-// Offer and Withdraw are called on the query path and under cache locks:
-// they must not block. Offer returns false when it could not take the entry
-// (it will be offered again on a later hit).
+// Offer and Withdraw are called on the query path, one at a time per key
+// and in the order the cache changed (so the offload never holds what the
+// cache dropped, see noteHot): they must not block. Offer returns false
+// when it could not take the entry (it will be offered again on a later
+// hit).
 type Offload interface {
 	Offer(e *OffloadEntry) bool
 	Withdraw(k OffloadKey)
@@ -38,7 +43,8 @@ type OffloadKey struct {
 	CD    bool
 }
 
-// OffloadEntry is an answer as the cache renders it.
+// OffloadEntry is an answer as the cache renders it (kcache.Rendered has
+// the same fields).
 type OffloadEntry struct {
 	Key OffloadKey
 	// Msg is the response with ID 0, the question name lower-cased and no
@@ -77,9 +83,9 @@ type holder struct {
 
 var offload atomic.Pointer[offloadConfig]
 
-// SetOffload installs o for every nodecache instance of the process; an
-// entry is offered once it has been answered from the cache minHits times.
-// nil removes it.
+// SetOffload installs o for every nodecache instance of the process (the
+// Corefile cannot name a Go object); an entry is offered once it has been
+// answered from the cache minHits times. nil removes it.
 func SetOffload(o Offload, minHits uint32) {
 	if o == nil {
 		offload.Store(nil)
