@@ -130,6 +130,8 @@ func startKernelCache(ctx context.Context, cfg KernelCacheConfig, log *slog.Logg
 			}
 		}
 	}()
+	// The nodecache plugin's one hook (plugin/nodecache/offload.go): every
+	// nodecache block of the Corefile offers its hot entries to k.
 	nodecacheplugin.SetOffload(k, cfg.MinHits)
 	currentKernelCache.Store(k)
 	log.Info("kernel cache on", "addresses", cfg.Addrs, "max_bytes", cfg.MaxBytes, "interfaces", len(kc.Attached()))
