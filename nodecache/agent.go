@@ -19,7 +19,6 @@ import (
 
 	// The plugin set and order of bin/coredns.
 	_ "github.com/dnsaccel/dnsaccel/plugin"
-	"github.com/dnsaccel/dnsaccel/plugin/nodecache/upstream"
 )
 
 // Agent runs the node cache.
@@ -55,8 +54,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Steer.Enabled() {
-		// Before CoreDNS dials anything: upstream sockets skip steering.
-		upstream.SetSocketMark(a.cfg.Steer.UpstreamMark)
+		// Upstream sockets skip steering: Source put upstream_mark in
+		// every nodecache block of the Corefile.
 		st, err := startSteering(a.cfg.Steer, a.log)
 		if err != nil {
 			return fmt.Errorf("steering (--steer=false runs the cache without it): %w", err)

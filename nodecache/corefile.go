@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -265,7 +266,64 @@ func (c *Config) Source() (corefile, name string, err error) {
 	if err != nil {
 		return "", "", err
 	}
+	if c.Steer.Enabled() {
+		corefile = withUpstreamMark(corefile, c.Steer.UpstreamMark)
+	}
 	return corefile, c.Conf, nil
+}
+
+// nodecacheLine is a nodecache directive: its indentation and arguments
+// (with a final "{" when it has options).
+var nodecacheLine = regexp.MustCompile(`^(\s*)nodecache(\s.*)?$`)
+
+// withUpstreamMark gives every nodecache directive of a --conf Corefile
+// that sets no upstream_mark of its own `upstream_mark MARK`, as the
+// generated Corefile has it: with steering, the cache's upstream sockets
+// must carry --upstream-mark, or the programs would steer its queries to
+// the VIP (its upstream, often) back to itself. Only the file itself is
+// read, not what it imports.
+func withUpstreamMark(corefile string, mark uint32) string {
+	opt := fmt.Sprintf("upstream_mark %#x", mark)
+	lines := strings.Split(corefile, "\n")
+	out := make([]string, 0, len(lines)+8)
+	for i := 0; i < len(lines); i++ {
+		m := nodecacheLine.FindStringSubmatch(lines[i])
+		if m == nil {
+			out = append(out, lines[i])
+			continue
+		}
+		indent, args := m[1], strings.TrimSpace(uncomment(m[2]))
+		if !strings.HasSuffix(args, "{") {
+			out = append(out, indent+"nodecache "+args+" {", indent+"    "+opt, indent+"}")
+			continue
+		}
+		out = append(out, lines[i])
+		// The options up to the matching brace: add the mark unless set.
+		depth, has := 1, false
+		for j := i + 1; j < len(lines) && depth > 0; j++ {
+			f := strings.Fields(uncomment(lines[j]))
+			if depth == 1 && len(f) > 0 && f[0] == "upstream_mark" {
+				has = true
+			}
+			for _, w := range f {
+				depth += strings.Count(w, "{") - strings.Count(w, "}")
+			}
+		}
+		if !has {
+			out = append(out, indent+"    "+opt)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// uncomment cuts a Corefile line at its comment (a # starting a word).
+func uncomment(line string) string {
+	for i, r := range line {
+		if r == '#' && (i == 0 || unicode.IsSpace(rune(line[i-1]))) {
+			return line[:i]
+		}
+	}
+	return line
 }
 
 // block is one server block of the generated Corefile, repeated per port.
@@ -343,6 +401,11 @@ func (c *Config) writeBlock(b *strings.Builder, port int, binds []string, blk bl
 	}
 	fmt.Fprintf(b, "    nodecache %s {\n", strings.Join(blk.upstreams, " "))
 	b.WriteString("        success 9984\n        denial 9984 30\n        prefetch 10 1m 10%\n        serve_stale 1h\n")
+	if c.Steer.Enabled() {
+		// The programs leave these sockets alone (the upstream may be the
+		// steered VIP itself).
+		fmt.Fprintf(b, "        upstream_mark %#x\n", c.Steer.UpstreamMark)
+	}
 	b.WriteString("    }\n}\n")
 }
 

@@ -209,3 +209,47 @@ func TestResolvConfSearch(t *testing.T) {
 		t.Fatalf("got %v, want the last search line", got)
 	}
 }
+
+// TestUpstreamMarkInConf: with steering, every nodecache directive of a
+// --conf Corefile carries --upstream-mark, unless it sets its own; the
+// generated Corefile writes it too, and neither without steering.
+func TestUpstreamMarkInConf(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"no options", "a:53 {\n    nodecache 10.0.0.1:53 # the VIP\n}\n",
+			"a:53 {\n    nodecache 10.0.0.1:53 {\n        upstream_mark 0xd530000\n    }\n}\n"},
+		{"options", "a:53 {\n  nodecache 10.0.0.1:53 {\n    prefer_udp\n  }\n}",
+			"a:53 {\n  nodecache 10.0.0.1:53 {\n      upstream_mark 0xd530000\n    prefer_udp\n  }\n}"},
+		{"its own mark", "a:53 {\n  nodecache 10.0.0.1:53 {\n    upstream_mark 7 # ours\n  }\n}",
+			"a:53 {\n  nodecache 10.0.0.1:53 {\n    upstream_mark 7 # ours\n  }\n}"},
+		{"a mark in another block", "a:53 {\n  nodecache 10.0.0.1:53 {\n  }\n  x {\n    upstream_mark 7\n  }\n}\nb:53 {\n  nodecache 10.0.0.2:53 {\n    upstream_mark 8\n  }\n}",
+			"a:53 {\n  nodecache 10.0.0.1:53 {\n      upstream_mark 0xd530000\n  }\n  x {\n    upstream_mark 7\n  }\n}\nb:53 {\n  nodecache 10.0.0.2:53 {\n    upstream_mark 8\n  }\n}"},
+		{"no nodecache", "nodecache.test:53 {\n    whoami # nodecache\n}\n", "nodecache.test:53 {\n    whoami # nodecache\n}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := withUpstreamMark(tc.in, 0xd530000)
+			if got != tc.want {
+				t.Fatalf("got:\n%s\nwant:\n%s", got, tc.want)
+			}
+			if _, err := caddyfile.Parse("Corefile", strings.NewReader(got), nil); err != nil {
+				t.Fatalf("not a Corefile: %v\n%s", err, got)
+			}
+		})
+	}
+
+	conf := filepath.Join(t.TempDir(), "Corefile")
+	os.WriteFile(conf, []byte(".:53 {\n    nodecache 10.96.0.10:53\n}\n"), 0o644)
+	steer := Steer{Mode: "auto", ClusterDNS: []string{"10.96.0.10"}, UpstreamMark: 0xd530000}
+	for _, c := range []Config{
+		{Conf: conf, Steer: steer},
+		{Listen: []string{"127.0.0.1:53"}, Upstreams: []string{"192.0.2.53:53"}, Steer: steer},
+	} {
+		src, _, err := c.Source()
+		if err != nil || strings.Count(src, "upstream_mark 0xd530000") != 1 {
+			t.Errorf("%s Corefile with steering: err %v\n%s", c.Mode(), err, src)
+		}
+		c.Steer.Mode = "false"
+		if src, _, err := c.Source(); err != nil || strings.Contains(src, "upstream_mark") {
+			t.Errorf("%s Corefile without steering: err %v\n%s", c.Mode(), err, src)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package nodecache
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -131,6 +130,8 @@ func startKernelCache(ctx context.Context, cfg KernelCacheConfig, log *slog.Logg
 			}
 		}
 	}()
+	// The nodecache plugin's one hook (plugin/nodecache/offload.go): every
+	// nodecache block of the Corefile offers its hot entries to k.
 	nodecacheplugin.SetOffload(k, cfg.MinHits)
 	currentKernelCache.Store(k)
 	log.Info("kernel cache on", "addresses", cfg.Addrs, "max_bytes", cfg.MaxBytes, "interfaces", len(kc.Attached()))
@@ -171,8 +172,12 @@ func (k *kernelCache) linkChanged(l netlink.Link, deleted bool) {
 // Offer implements nodecache.Offload. An answer too large for the kernel
 // counts as taken: offering it again would not make it fit.
 func (k *kernelCache) Offer(e *nodecacheplugin.OffloadEntry) bool {
-	key, entry, ok := kernelEntry(e)
-	if !ok || !k.kc.Fits(key, entry) {
+	entry, err := kcache.NewEntry(kcache.Rendered{
+		Msg: e.Msg, QuestionEnd: e.QuestionEnd, TTLOffsets: e.TTLOffsets, TTLs: e.TTLs,
+		Age: e.Age, Remaining: e.Remaining,
+	})
+	key := kernelKey(e.Key)
+	if err != nil || !k.kc.Fits(key, entry) {
 		return true
 	}
 	if err := k.kc.Put(key, entry); err != nil {
@@ -200,33 +205,6 @@ func (k *kernelCache) Hits() uint64 {
 
 func kernelKey(k nodecacheplugin.OffloadKey) kcache.Key {
 	return kcache.Key{Name: k.Name, Qtype: k.Qtype, DO: k.DO, CD: k.CD}
-}
-
-// kernelEntry converts the plugin's rendering base to the kernel's layout:
-// header fields apart, records after the question, TTL offsets relative to
-// them.
-func kernelEntry(e *nodecacheplugin.OffloadEntry) (kcache.Key, *kcache.Entry, bool) {
-	m := e.Msg
-	if len(m) < 12 || e.QuestionEnd < 12 || e.QuestionEnd > len(m) {
-		return kcache.Key{}, nil, false
-	}
-	out := &kcache.Entry{
-		Flags:     binary.BigEndian.Uint16(m[2:]) &^ 0x0100, // RD comes from each query
-		Ancount:   binary.BigEndian.Uint16(m[6:]),
-		Nscount:   binary.BigEndian.Uint16(m[8:]),
-		Arcount:   binary.BigEndian.Uint16(m[10:]),
-		Data:      m[e.QuestionEnd:],
-		TTLs:      e.TTLs,
-		Age:       e.Age,
-		Remaining: e.Remaining,
-	}
-	for _, o := range e.TTLOffsets {
-		if int(o) < e.QuestionEnd {
-			return kcache.Key{}, nil, false
-		}
-		out.TTLOffsets = append(out.TTLOffsets, o-uint16(e.QuestionEnd))
-	}
-	return kernelKey(e.Key), out, true
 }
 
 // currentKernelCache is the running kernel cache, for metrics.

@@ -28,7 +28,8 @@ type entry struct {
 	refreshing atomic.Bool   // one prefetch per entry at a time
 	fastOn     atomic.Uint64 // bit per fast-path listener that may serve this entry
 	served     atomic.Uint32 // hits counted towards offloading (see noteHot)
-	offloaded  atomic.Bool   // offered to the offload, which may be answering it
+	offloaded  atomic.Bool   // held by the offload, which may be answering it
+	live       atomic.Bool   // in the cache: cleared when evicted, removed or replaced
 }
 
 var errUncacheable = errors.New("response is not cacheable")

@@ -43,6 +43,7 @@ type Options struct {
 	HealthCheck    time.Duration
 	Timeout        time.Duration // whole upstream resolution, all attempts
 	FastPath       int           // UDP fast-path sockets per listener; 0 = off, -1 = one per CPU
+	UpstreamMark   uint32        // SO_MARK of upstream sockets; 0 = none
 }
 
 // DefaultOptions are the values used for everything a Corefile leaves out.
@@ -111,6 +112,7 @@ func (c *NodeCache) Start() error {
 		PreferUDP:   c.opts.PreferUDP,
 		MaxInflight: c.opts.MaxInflight,
 		HealthCheck: c.opts.HealthCheck,
+		Mark:        c.opts.UpstreamMark,
 	})
 	if err != nil {
 		return err
@@ -123,6 +125,7 @@ func (c *NodeCache) Start() error {
 func (c *NodeCache) Stop() error {
 	stopFrontends(c)
 	c.cancel()
+	c.withdrawAll() // after cancel: a stopped cache offers nothing more
 	c.bg.Wait()
 	if c.pool != nil {
 		return c.pool.Close()
@@ -343,6 +346,7 @@ func (c *NodeCache) store(k key, resp *dns.Msg, server string) result {
 		// serve the old one on their fast path can serve this one.
 		e.fastOn.Store(old.fastOn.Load())
 	}
+	e.live.Store(true)
 	if in.add(k, e) {
 		evictions.WithLabelValues(cacheType(e)).Inc()
 	}

@@ -57,6 +57,7 @@ func setup(c *caddy.Controller) error {
 //	    max_inflight N
 //	    health_check DURATION
 //	    fastpath off|SOCKETS
+//	    upstream_mark MARK
 //	}
 func parse(c *caddy.Controller) (Options, error) {
 	opts := DefaultOptions()
@@ -206,6 +207,15 @@ func parseOption(c *caddy.Controller, o *Options) error {
 			return c.Errf("fastpath: %q must be off or a socket count 1..64", args[0])
 		}
 		o.FastPath = n
+	case "upstream_mark":
+		if err := argc(1, 1); err != nil {
+			return err
+		}
+		m, err := strconv.ParseUint(args[0], 0, 32)
+		if err != nil {
+			return c.Errf("upstream_mark: %q is not a 32-bit number (0x... or decimal)", args[0])
+		}
+		o.UpstreamMark = uint32(m)
 	default:
 		return c.Errf("unknown option %q", opt)
 	}

@@ -47,6 +47,12 @@ type Config struct {
 	// MaxFails is the number of consecutive failures that marks an upstream
 	// down (default 2).
 	MaxFails int
+	// Mark is the SO_MARK of every socket the pool dials (TCP and UDP, to
+	// upstreams and for health probes); 0: none. Linux only. node-cache
+	// sets it (Corefile upstream_mark) when it steers the cluster DNS VIP
+	// to itself: its eBPF programs leave marked sockets alone, so the
+	// cache's own queries reach the VIP even when it is the upstream.
+	Mark uint32
 }
 
 // withDefaults validates c and returns a copy with defaults filled in. Errors

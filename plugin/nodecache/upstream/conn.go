@@ -329,7 +329,7 @@ func (u *upstream) startDialLocked(i int) {
 // connection's reader.
 func (u *upstream) dialAndServe(i int) {
 	ctx, cancel := context.WithTimeout(u.p.ctx, u.p.cfg.Timeout)
-	d := dialer()
+	d := dialer(u.p.cfg.Mark)
 	nc, err := d.DialContext(ctx, "tcp", u.addr.Host)
 	cancel()
 
@@ -533,7 +533,7 @@ func (u *upstream) tcpAttempt(ctx context.Context, r *request) (*dns.Msg, error)
 // port) and waits for the matching answer.
 func (u *upstream) udpAttempt(ctx context.Context, r *request) (*dns.Msg, error) {
 	start := time.Now()
-	m, err := exchangeUDP(ctx, u.p.ctx, u.addr.Host, r.wire, r.q)
+	m, err := exchangeUDP(ctx, u.p.ctx, u.p.cfg.Mark, u.addr.Host, r.wire, r.q)
 	if err != nil {
 		switch {
 		case u.p.closed.Load():
@@ -593,8 +593,8 @@ var udpBufs = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); ret
 // connected UDP socket to host and returns the first datagram answering it;
 // others (wrong ID or question, unparseable) are dropped and counted. It
 // gives up when ctx or abort (may be nil) ends.
-func exchangeUDP(ctx, abort context.Context, host string, wire []byte, q question) (*dns.Msg, error) {
-	d := dialer()
+func exchangeUDP(ctx, abort context.Context, mark uint32, host string, wire []byte, q question) (*dns.Msg, error) {
+	d := dialer(mark)
 	nc, err := d.DialContext(ctx, "udp", host)
 	if err != nil {
 		return nil, err
@@ -629,8 +629,8 @@ func exchangeUDP(ctx, abort context.Context, host string, wire []byte, q questio
 
 // exchangeTCPOnce does one query on a connection of its own (health
 // probes).
-func exchangeTCPOnce(ctx context.Context, host string, wire []byte, q question) (*dns.Msg, error) {
-	d := dialer()
+func exchangeTCPOnce(ctx context.Context, mark uint32, host string, wire []byte, q question) (*dns.Msg, error) {
+	d := dialer(mark)
 	nc, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, err

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestSocketMark: with SetSocketMark, dialed sockets carry the mark (what
+// TestSocketMark: with Config.Mark, dialed sockets carry the mark (what
 // node-cache's eBPF steering skips); without it, they do not.
 func TestSocketMark(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -19,8 +19,8 @@ func TestSocketMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	markOf := func() (int, error) {
-		c, err := dialer().Dial("tcp", ln.Addr().String())
+	markOf := func(want uint32) (int, error) {
+		c, err := dialer(want).Dial("tcp", ln.Addr().String())
 		if err != nil {
 			return 0, err
 		}
@@ -34,9 +34,7 @@ func TestSocketMark(t *testing.T) {
 		rc.Control(func(fd uintptr) { mark, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
 		return mark, gerr
 	}
-	defer SetSocketMark(0)
-	SetSocketMark(0xd530000)
-	m, err := markOf()
+	m, err := markOf(0xd530000)
 	if errors.Is(err, unix.EPERM) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("setting SO_MARK needs CAP_NET_ADMIN (CI=true: not skipping)")
@@ -46,8 +44,7 @@ func TestSocketMark(t *testing.T) {
 	if err != nil || m != 0xd530000 {
 		t.Fatalf("marked dial: mark %#x, err %v", m, err)
 	}
-	SetSocketMark(0)
-	if m, err := markOf(); err != nil || m != 0 {
+	if m, err := markOf(0); err != nil || m != 0 {
 		t.Fatalf("unmarked dial: mark %#x, err %v", m, err)
 	}
 }

@@ -478,9 +478,9 @@ func (u *upstream) probe() error {
 	ctx, cancel := context.WithTimeout(u.p.ctx, u.p.cfg.Timeout)
 	defer cancel()
 	if u.proto == TransportUDP {
-		_, err = exchangeUDP(ctx, nil, u.addr.Host, wire, questionOf(m))
+		_, err = exchangeUDP(ctx, nil, u.p.cfg.Mark, u.addr.Host, wire, questionOf(m))
 	} else {
-		_, err = exchangeTCPOnce(ctx, u.addr.Host, wire, questionOf(m))
+		_, err = exchangeTCPOnce(ctx, u.p.cfg.Mark, u.addr.Host, wire, questionOf(m))
 	}
 	return err
 }
