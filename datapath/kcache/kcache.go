@@ -45,7 +45,10 @@ type Options struct {
 	// record of its answers to EDNS0 queries (default 1232).
 	EDNSSize uint16
 	// MaxResponse is the largest response, in bytes, answered from the
-	// kernel (default and most 512 + header, question and OPT).
+	// kernel (default 512; at most MaxResponseBytes). Whatever it is, the
+	// kernel answers only responses that fit the client's UDP size (512
+	// without EDNS0, else its OPT record's, never less than 512) and passes
+	// larger ones on to node-cache, which answers them with TC set.
 	MaxResponse int
 	// MaxEntries bounds the kernel map (default 4096); the kernel evicts
 	// the least recently used entry when it is full.
@@ -248,7 +251,16 @@ func (c *Cache) Fits(key Key, e *Entry) bool {
 
 // Put stores or replaces the answer for key.
 func (c *Cache) Put(key Key, e *Entry) error {
-	if !c.Fits(key, e) || len(e.TTLOffsets) != len(e.TTLs) {
+	if !c.Fits(key, e) {
+		return ErrTooLarge
+	}
+	return c.store(key, e)
+}
+
+// store is Put without the MaxResponse check, which the program makes again
+// for every query (tests use it to reach that check).
+func (c *Cache) store(key Key, e *Entry) error {
+	if len(key.Name) > MaxName || len(e.Data) > MaxData || len(e.TTLOffsets) > MaxTTLs || len(e.TTLOffsets) != len(e.TTLs) {
 		return ErrTooLarge
 	}
 	for _, o := range e.TTLOffsets {
