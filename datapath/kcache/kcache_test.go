@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 )
 
@@ -219,8 +220,12 @@ func TestAnswers(t *testing.T) {
 			}
 			// The program for a pod's veth seen from the host (answers
 			// redirected into the pod end) decides and rewrites alike.
-			if pret, pout := runProg(t, c.objs.KcIngressPeer, in); pret != ret || !bytes.Equal(pout, out) {
-				t.Errorf("kc_ingress_peer: verdict %d and frame\n% x\nwhere kc_ingress gives %d and\n% x", int32(pret), pout, int32(ret), out)
+			// So does the one for a pod's own interface (egress, answers
+			// redirected back in on its ingress).
+			for name, prog := range map[string]*ebpf.Program{"kc_ingress_peer": c.objs.KcIngressPeer, "kc_egress": c.objs.KcEgress} {
+				if pret, pout := runProg(t, prog, in); pret != ret || !bytes.Equal(pout, out) {
+					t.Errorf("%s: verdict %d and frame\n% x\nwhere kc_ingress gives %d and\n% x", name, int32(pret), pout, int32(ret), out)
+				}
 			}
 			if !tc.answer {
 				if ret != actUnspec {
