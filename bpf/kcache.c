@@ -18,8 +18,10 @@
  * node-cache would send: the query's ID, RD bit and letter case, the entry's
  * flags, counts and records, TTLs aged by the time since they were stored,
  * and an OPT record when the query had one. Anything else (a miss, an expired
- * entry, TCP, EDNS options such as cookies, a response over the size limit,
- * a malformed packet) goes on untouched.
+ * entry, TCP, EDNS options such as cookies, a response larger than the
+ * client takes or than the configured limit, a malformed packet) goes on
+ * untouched: node-cache answers it (setting TC where the client's UDP size is
+ * too small, so it retries over TCP).
  */
 #include <stddef.h>
 #include <linux/bpf.h>
@@ -80,12 +82,16 @@ struct {
 	__type(value, __u64);
 } dnsa_kc_stats SEC(".maps");
 
+/* The largest UDP response a client without EDNS0 takes (RFC 1035). */
+#define UDP_MIN_SIZE 512
+
 /* Per-CPU room for the query, the response and the key: too big for the
  * 512-byte BPF stack. */
 struct scratch {
 	__u8 q[Q_BUF];
 	__u8 r[R_BUF];
 	struct dnsa_kc_key key;
+	__u32 udp_size; /* the largest response the client takes */
 };
 
 struct {
@@ -196,7 +202,9 @@ static __always_inline int parse_l3l4(struct __sk_buff *skb, struct layout *lo,
 
 /*
  * parse_query checks the DNS query in s->q (dns_len bytes, zero padded) and
- * fills s->key. It returns the offset just past the question (before any
+ * fills s->key and s->udp_size: 512 without EDNS0, else the OPT record's
+ * size, never below 512 (as node-cache reads it: RFC 6891 says to treat
+ * smaller values as 512). It returns the offset just past the question (before any
  * OPT record), with QUERY_HAS_OPT set when a plain OPT record follows, or 0
  * when the query is not one the kernel answers. A global function: the
  * verifier checks it once, not once per path that reaches it.
@@ -212,6 +220,7 @@ __noinline int parse_query(struct scratch *s, __u32 dns_len)
 
 	if (!s || dns_len < 12 + 1 + 4 || dns_len > Q_MAX)
 		return 0;
+	s->udp_size = UDP_MIN_SIZE;
 	q = s->q;
 	flags = get16(&q[2]);
 	if ((flags & (DNS_QR | DNS_TC)) || ((flags >> 11) & 0xf) != 0)
@@ -271,6 +280,8 @@ __noinline int parse_query(struct scratch *s, __u32 dns_len)
 			return 0;
 		if (get16(&q[off + 7]) & EDNS_DO)
 			s->key.flags |= DNSA_KC_F_DO;
+		if (get16(&q[off + 3]) > UDP_MIN_SIZE)
+			s->udp_size = get16(&q[off + 3]);
 		has_opt = 1;
 	} else if (off != dns_len) {
 		return 0;
@@ -280,8 +291,9 @@ __noinline int parse_query(struct scratch *s, __u32 dns_len)
 
 /*
  * build_response writes the response to s->r and returns its length, or 0
- * when the entry cannot answer this query (as parse_query described it).
- * Global, as parse_query.
+ * when the entry cannot answer this query (as parse_query described it):
+ * among others when the response is larger than the client takes, which
+ * node-cache answers with TC set. Global, as parse_query.
  */
 __noinline int build_response(struct scratch *s, const struct dnsa_kc_entry *e, __u32 query,
 			      __u64 now, const struct dnsa_kc_config *cfg)
@@ -298,7 +310,7 @@ __noinline int build_response(struct scratch *s, const struct dnsa_kc_entry *e, 
 	if (data_len == 0 || data_len > DNSA_KC_DATA_MAX || qend > 12 + DNSA_KC_NAME_MAX + 4)
 		return 0;
 	len = qend + data_len + (has_opt ? 11 : 0);
-	if (len > cfg->max_resp || len > R_MAX)
+	if (len > cfg->max_resp || len > s->udp_size || len > R_MAX)
 		return 0;
 
 	/* Header and question as the client sent them (ID, letter case). */
@@ -392,12 +404,14 @@ __noinline int rewrite(struct __sk_buff *skb, struct scratch *s, const struct la
 	__u32 udp_old, udp_new;
 	__be16 udp_old_be, udp_new_be;
 	__u8 eth[12], tmp[6], addrs[32], ports[4];
-	__u64 mangle0;
+	/* A UDP checksum that computes to 0 goes out as 0xffff: 0 means "no
+	 * checksum" over IPv4 (RFC 768) and is invalid over IPv6 (RFC 8200).
+	 * ENFORCE: update the field even if a step left it 0. */
+	const __u64 csum_flags = BPF_F_MARK_MANGLED_0 | BPF_F_MARK_ENFORCE;
 	__s64 diff;
 
 	if (!skb || !s || !lo)
 		return 1;
-	mangle0 = lo->csum_zero ? BPF_F_MARK_MANGLED_0 : 0;
 	udp_old = lo->dns_len + sizeof(struct udphdr);
 	udp_new = resp_len + sizeof(struct udphdr);
 	udp_old_be = bpf_htons(udp_old);
@@ -466,9 +480,9 @@ __noinline int rewrite(struct __sk_buff *skb, struct scratch *s, const struct la
 		return -1;
 	if (lo->csum_zero)
 		return 0; /* IPv4 without a UDP checksum stays without one */
-	if (bpf_l4_csum_replace(skb, lo->csum, udp_old_be, udp_new_be, BPF_F_PSEUDO_HDR | 2 | mangle0) < 0 ||
-	    bpf_l4_csum_replace(skb, lo->csum, udp_old_be, udp_new_be, 2 | mangle0) < 0 ||
-	    bpf_l4_csum_replace(skb, lo->csum, 0, (__u32)diff, mangle0) < 0)
+	if (bpf_l4_csum_replace(skb, lo->csum, udp_old_be, udp_new_be, BPF_F_PSEUDO_HDR | 2 | csum_flags) < 0 ||
+	    bpf_l4_csum_replace(skb, lo->csum, udp_old_be, udp_new_be, 2 | csum_flags) < 0 ||
+	    bpf_l4_csum_replace(skb, lo->csum, 0, (__u32)diff, csum_flags) < 0)
 		return -1;
 	return 0;
 }
@@ -481,6 +495,7 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 	struct scratch *s;
 	struct layout lo = {};
 	__u64 resp_len;
+	__u64 dns_len;
 	__u64 now;
 	int ret;
 
@@ -490,7 +505,7 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 	ret = parse_l3l4(skb, &lo, cfg);
 	if (ret == 0)
 		return TC_ACT_UNSPEC;
-	if (ret < 0 || lo.dns_len > Q_MAX || lo.dns_len < 12) {
+	if (ret < 0) {
 		count(DNSA_KC_PASS);
 		return TC_ACT_UNSPEC;
 	}
@@ -499,11 +514,18 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 		return TC_ACT_UNSPEC;
 	__builtin_memset(s->q, 0, sizeof(s->q));
 	__builtin_memset(&s->key, 0, sizeof(s->key));
-	if (bpf_skb_load_bytes(skb, lo.dns, s->q, lo.dns_len) < 0) {
+	/* Bounds checked right before the load, in the register it uses. */
+	dns_len = lo.dns_len;
+	barrier_var(dns_len);
+	if (dns_len > Q_MAX || dns_len < 12) {
 		count(DNSA_KC_PASS);
 		return TC_ACT_UNSPEC;
 	}
-	ret = parse_query(s, lo.dns_len);
+	if (bpf_skb_load_bytes(skb, lo.dns, s->q, dns_len) < 0) {
+		count(DNSA_KC_PASS);
+		return TC_ACT_UNSPEC;
+	}
+	ret = parse_query(s, dns_len);
 	if (ret <= 0) {
 		count(DNSA_KC_PASS);
 		return TC_ACT_UNSPEC;

@@ -52,7 +52,7 @@ struct dnsa_kc_addr {
 struct dnsa_kc_config {
 	__u16 port;          /* the cache's DNS port, host byte order */
 	__u16 edns_size;     /* UDP size the cache advertises in its OPT record */
-	__u16 max_resp;      /* largest response answered from the kernel */
+	__u16 max_resp;      /* largest response answered from the kernel (never over the client's UDP size either) */
 	__u16 pad;
 };
 
@@ -61,7 +61,7 @@ enum {
 	DNSA_KC_HIT = 0,      /* answered in the kernel */
 	DNSA_KC_MISS,         /* a query the kernel could answer, not in the map */
 	DNSA_KC_EXPIRED,      /* in the map but expired */
-	DNSA_KC_PASS,         /* to the cache's address and port but not answerable here (TCP, EDNS options, malformed, too large) */
+	DNSA_KC_PASS,         /* to the cache's address and port but not answerable here (TCP, EDNS options, malformed, larger than max_resp or than the client's UDP size) */
 	DNSA_KC_ERROR,        /* a helper failed while answering; the query went on */
 	DNSA_KC_STATS_MAX,
 };

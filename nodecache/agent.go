@@ -183,7 +183,7 @@ func (a *Agent) startKernelCache() error {
 	if err != nil {
 		return err
 	}
-	stop, err := startKernelCache(context.Background(), KernelCacheConfig{Addrs: addrs, MaxBytes: kc.MaxBytes, Interfaces: ifaces}, a.log)
+	stop, err := startKernelCache(context.Background(), KernelCacheConfig{Addrs: addrs, MaxBytes: kc.MaxBytes, Interfaces: ifaces, NetnsDir: kc.NetnsDir}, a.log)
 	if err != nil {
 		if kc.Explicit {
 			return fmt.Errorf("kernel cache (--kernel-cache=false runs without it): %w", err)

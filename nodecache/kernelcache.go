@@ -28,6 +28,10 @@ type KernelCache struct {
 	// names of the host interfaces to attach to must match (empty: every
 	// veth).
 	Interfaces string
+	// NetnsDir is --kernel-cache-netns-dir: where the container runtime
+	// bind-mounts pods' network namespaces; in each, IPVLAN and MACVLAN
+	// interfaces get the egress program (empty: none).
+	NetnsDir string
 }
 
 // DefaultKernelCacheMaxBytes is the largest response kept in the kernel:
@@ -69,6 +73,10 @@ type KernelCacheConfig struct {
 	Interfaces *regexp.Regexp
 	// MinHits is how many cache hits make an entry hot (default 2).
 	MinHits uint32
+	// NetnsDir is where pods' network namespaces are bind-mounted: pod
+	// interfaces without a host end (IPVLAN, MACVLAN) get the egress
+	// program there (empty: not watched).
+	NetnsDir string
 }
 
 // kernelCache is node-cache's side of the in-kernel cache: it implements the
@@ -115,6 +123,19 @@ func startKernelCache(ctx context.Context, cfg KernelCacheConfig, log *slog.Logg
 	for _, l := range links {
 		k.linkChanged(l, false)
 	}
+	if cfg.NetnsDir != "" {
+		// Without it the host ends still get the program: a warning, not
+		// a failure.
+		if w, err := newPodNetnsWatch(kc, cfg.NetnsDir, log); err != nil {
+			log.Warn("kernel cache: pods' interfaces without a host end (IPVLAN, MACVLAN) not watched", "err", err)
+		} else {
+			k.wg.Add(1)
+			go func() {
+				defer k.wg.Done()
+				w.run(ctx)
+			}()
+		}
+	}
 	k.wg.Add(1)
 	go func() {
 		defer k.wg.Done()
@@ -134,7 +155,7 @@ func startKernelCache(ctx context.Context, cfg KernelCacheConfig, log *slog.Logg
 	// nodecache block of the Corefile offers its hot entries to k.
 	nodecacheplugin.SetOffload(k, cfg.MinHits)
 	currentKernelCache.Store(k)
-	log.Info("kernel cache on", "addresses", cfg.Addrs, "max_bytes", cfg.MaxBytes, "interfaces", len(kc.Attached()))
+	log.Info("kernel cache on", "addresses", cfg.Addrs, "max_bytes", cfg.MaxBytes, "interfaces", len(kc.Attached()), "netns_dir", cfg.NetnsDir)
 	return func() {
 		nodecacheplugin.SetOffload(nil, 0)
 		currentKernelCache.CompareAndSwap(k, nil)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,10 @@ type Options struct {
 	// record of its answers to EDNS0 queries (default 1232).
 	EDNSSize uint16
 	// MaxResponse is the largest response, in bytes, answered from the
-	// kernel (default and most 512 + header, question and OPT).
+	// kernel (default 512; at most MaxResponseBytes). Whatever it is, the
+	// kernel answers only responses that fit the client's UDP size (512
+	// without EDNS0, else its OPT record's, never less than 512) and passes
+	// larger ones on to node-cache, which answers them with TC set.
 	MaxResponse int
 	// MaxEntries bounds the kernel map (default 4096); the kernel evicts
 	// the least recently used entry when it is full.
@@ -95,7 +99,10 @@ type Cache struct {
 	links map[attachPoint]detacher
 }
 
+// attachPoint is where the program is: an interface of a network
+// namespace (netns: its inode; 0 for the caller's own, as Attach uses).
 type attachPoint struct {
+	netns   uint64
 	ifindex int
 	egress  bool
 }
@@ -170,7 +177,44 @@ func (c *Cache) Close() error {
 // in on it). It prefers tcx
 // and falls back to a clsact qdisc on kernels without it.
 func (c *Cache) Attach(ifindex int, egress bool) error {
-	ap := attachPoint{ifindex, egress}
+	return c.attach(attachPoint{ifindex: ifindex, egress: egress})
+}
+
+// AttachIn is Attach for an interface of another network namespace, such
+// as a pod's IPVLAN interface (egress): the program is attached from a
+// thread switched into that namespace, where ifindex means its interface.
+func (c *Cache) AttachIn(netns ns.NetNS, ifindex int, egress bool) error {
+	id, err := netnsID(netns)
+	if err != nil {
+		return err
+	}
+	return netns.Do(func(ns.NetNS) error {
+		return c.attach(attachPoint{netns: id, ifindex: ifindex, egress: egress})
+	})
+}
+
+// DetachIn undoes AttachIn; as Detach, where the program is not (or the
+// interface is gone) is not an error.
+func (c *Cache) DetachIn(netns ns.NetNS, ifindex int, egress bool) error {
+	id, err := netnsID(netns)
+	if err != nil {
+		return err
+	}
+	return c.detach(attachPoint{netns: id, ifindex: ifindex, egress: egress})
+}
+
+// netnsID is the inode of a network namespace: unique while it exists.
+func netnsID(netns ns.NetNS) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(netns.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("kernel cache: network namespace %s: %w", netns.Path(), err)
+	}
+	return st.Ino, nil
+}
+
+// attach runs on a thread in ap's namespace.
+func (c *Cache) attach(ap attachPoint) error {
+	ifindex, egress := ap.ifindex, ap.egress
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.links[ap]; ok {
@@ -214,7 +258,11 @@ func peerInOtherNetns(ifindex int) bool {
 // Detach removes the program from an interface; detaching where it is not
 // attached is not an error (the interface may be gone already).
 func (c *Cache) Detach(ifindex int, egress bool) error {
-	ap := attachPoint{ifindex, egress}
+	return c.detach(attachPoint{ifindex: ifindex, egress: egress})
+}
+
+func (c *Cache) detach(ap attachPoint) error {
+	ifindex := ap.ifindex
 	c.mu.Lock()
 	l, ok := c.links[ap]
 	delete(c.links, ap)
@@ -228,7 +276,8 @@ func (c *Cache) Detach(ifindex int, egress bool) error {
 	return nil
 }
 
-// Attached lists the interfaces (by index) the program is on.
+// Attached lists the interfaces (by index, in their namespaces) the program
+// is on.
 func (c *Cache) Attached() []int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -248,7 +297,16 @@ func (c *Cache) Fits(key Key, e *Entry) bool {
 
 // Put stores or replaces the answer for key.
 func (c *Cache) Put(key Key, e *Entry) error {
-	if !c.Fits(key, e) || len(e.TTLOffsets) != len(e.TTLs) {
+	if !c.Fits(key, e) {
+		return ErrTooLarge
+	}
+	return c.store(key, e)
+}
+
+// store is Put without the MaxResponse check, which the program makes again
+// for every query (tests use it to reach that check).
+func (c *Cache) store(key Key, e *Entry) error {
+	if len(key.Name) > MaxName || len(e.Data) > MaxData || len(e.TTLOffsets) > MaxTTLs || len(e.TTLOffsets) != len(e.TTLs) {
 		return ErrTooLarge
 	}
 	for _, o := range e.TTLOffsets {
@@ -338,15 +396,28 @@ func monotonic() int64 {
 }
 
 // clsactFilter is a direct-action bpf filter on a clsact qdisc, for kernels
-// without tcx (before 6.6).
-type clsactFilter struct{ f *netlink.BpfFilter }
+// without tcx (before 6.6). It keeps a netlink handle of the interface's
+// namespace (the caller's at attach), to remove the filter from any thread.
+type clsactFilter struct {
+	f *netlink.BpfFilter
+	h *netlink.Handle
+}
 
-func attachClsact(ifindex int, egress bool, prog *ebpf.Program) (*clsactFilter, error) {
+func attachClsact(ifindex int, egress bool, prog *ebpf.Program) (_ *clsactFilter, err error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
 	q := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
 	}
-	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := h.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("add clsact qdisc: %w", err)
 	}
 	parent := uint32(netlink.HANDLE_MIN_INGRESS)
@@ -360,10 +431,13 @@ func attachClsact(ifindex int, egress bool, prog *ebpf.Program) (*clsactFilter, 
 		},
 		Fd: prog.FD(), Name: "dnsaccel-kcache", DirectAction: true,
 	}
-	if err := netlink.FilterReplace(f); err != nil {
+	if err := h.FilterReplace(f); err != nil {
 		return nil, fmt.Errorf("add bpf filter: %w", err)
 	}
-	return &clsactFilter{f: f}, nil
+	return &clsactFilter{f: f, h: h}, nil
 }
 
-func (c *clsactFilter) Close() error { return netlink.FilterDel(c.f) }
+func (c *clsactFilter) Close() error {
+	defer c.h.Close()
+	return c.h.FilterDel(c.f)
+}

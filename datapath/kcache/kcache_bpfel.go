@@ -51,10 +51,11 @@ type kcacheDnsaKcKey struct {
 }
 
 type kcacheScratch struct {
-	_   structs.HostLayout
-	Q   [168]uint8
-	R   [680]uint8
-	Key kcacheDnsaKcKey
+	_       structs.HostLayout
+	Q       [168]uint8
+	R       [680]uint8
+	Key     kcacheDnsaKcKey
+	UdpSize uint32
 }
 
 // loadKcache returns the embedded CollectionSpec for kcache.

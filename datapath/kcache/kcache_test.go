@@ -2,10 +2,13 @@ package kcache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 )
 
@@ -172,13 +175,13 @@ func TestAnswers(t *testing.T) {
 			stored: aRecord, stat: func(s Stats) uint64 { return s.Passed },
 		},
 		{
-			name:  "response over the size limit",
+			name:  "TXT answer within the size limits",
 			query: func() *dns.Msg { return query("big.example.", dns.TypeTXT, 3) },
 			stored: func(q *dns.Msg) (Key, *Entry) {
 				k, e := entryFor(t, answerFor(q, "big.example. 300 IN TXT \"0123456789012345678901234567890123456789\""), false, false, 0, time.Minute)
 				return k, e
 			},
-			answer: true, stat: hits, // fits: the limit case is below
+			answer: true, stat: hits, // the limits: TestSizeLimit, TestClientUDPSize
 		},
 	}
 	c := openCache(t, Options{})
@@ -217,8 +220,12 @@ func TestAnswers(t *testing.T) {
 			}
 			// The program for a pod's veth seen from the host (answers
 			// redirected into the pod end) decides and rewrites alike.
-			if pret, pout := runProg(t, c.objs.KcIngressPeer, in); pret != ret || !bytes.Equal(pout, out) {
-				t.Errorf("kc_ingress_peer: verdict %d and frame\n% x\nwhere kc_ingress gives %d and\n% x", int32(pret), pout, int32(ret), out)
+			// So does the one for a pod's own interface (egress, answers
+			// redirected back in on its ingress).
+			for name, prog := range map[string]*ebpf.Program{"kc_ingress_peer": c.objs.KcIngressPeer, "kc_egress": c.objs.KcEgress} {
+				if pret, pout := runProg(t, prog, in); pret != ret || !bytes.Equal(pout, out) {
+					t.Errorf("%s: verdict %d and frame\n% x\nwhere kc_ingress gives %d and\n% x", name, int32(pret), pout, int32(ret), out)
+				}
 			}
 			if !tc.answer {
 				if ret != actUnspec {
@@ -254,14 +261,154 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
-// TestSizeLimit: an entry over MaxResponse is refused by Put, and one the
-// map holds that does not fit a query with OPT goes to user space.
+// TestSizeLimit: Put refuses an entry whose response with an OPT record
+// would exceed MaxResponse, and the program itself never answers with more
+// than MaxResponse bytes: entries stored past Put's check (store) answer a
+// query only where the response, OPT included, fits.
 func TestSizeLimit(t *testing.T) {
-	c := openCache(t, Options{MaxResponse: 100})
+	const limit = 100
+	c := openCache(t, Options{MaxResponse: limit})
 	q := query("big.example.", dns.TypeTXT, 9)
-	k, e := entryFor(t, answerFor(q, "big.example. 300 IN TXT \"0123456789012345678901234567890123456789012345678901234567890123456789\""), false, false, 0, time.Minute)
+	k, e := sizedEntry(t, q, limit+1)
 	if err := c.Put(k, e); err != ErrTooLarge {
-		t.Fatalf("Put of a %d-byte answer with a 100-byte limit: %v, want ErrTooLarge", len(e.Data), err)
+		t.Fatalf("Put of a %d-byte response with a %d-byte limit: %v, want ErrTooLarge", limit+1, limit, err)
+	}
+	// Fits counts the OPT record an EDNS0 query adds.
+	k, e = sizedEntry(t, q, limit-10)
+	if err := c.Put(k, e); err != ErrTooLarge {
+		t.Fatalf("Put of a response of %d bytes, %d with OPT, with a %d-byte limit: %v, want ErrTooLarge", limit-10, limit+1, limit, err)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		size   int  // response bytes without OPT
+		edns   bool // the query has an OPT record (11 bytes more)
+		answer bool
+	}{
+		{"at the limit without OPT: answered", limit, false, true},
+		{"over the limit: passed", limit + 1, false, false},
+		{"at the limit with OPT: answered", limit - 11, true, true},
+		{"over the limit by its OPT record: passed", limit, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := query("big.example.", dns.TypeTXT, 9)
+			k, e := sizedEntry(t, q, tc.size)
+			if tc.edns {
+				q.SetEdns0(1232, false)
+			}
+			if err := c.store(k, e); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Delete(k) })
+			checkAnswered(t, c, q, k, e, tc.answer)
+		})
+	}
+}
+
+// TestClientUDPSize: with the largest MaxResponse, the program answers only
+// what fits the client's UDP size, as node-cache does: 512 bytes without
+// EDNS0, else the OPT record's size (512 where it is smaller). Larger
+// responses go to node-cache, which answers them with TC set.
+func TestClientUDPSize(t *testing.T) {
+	c := openCache(t, Options{MaxResponse: MaxResponseBytes})
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 62) + "." // 128 bytes on the wire
+	for _, tc := range []struct {
+		name    string
+		qname   string
+		size    int // response bytes, OPT included
+		udpSize int // the query's OPT size; 0: no EDNS0
+		answer  bool
+	}{
+		{"no EDNS0, 512 bytes: answered", "big.example.", 512, 0, true},
+		{"no EDNS0, 513 bytes: passed", "big.example.", 513, 0, false},
+		{"no EDNS0, 533 bytes: passed", "big.example.", 533, 0, false},
+		{"EDNS0 512, 512 bytes: answered", "big.example.", 512, 512, true},
+		{"EDNS0 512, 544 bytes: passed", "big.example.", 544, 512, false},
+		{"EDNS0 1232, 544 bytes: answered", "big.example.", 544, 1232, true},
+		{"EDNS0 1232, 667 bytes: answered", long, MaxResponseBytes, 1232, true},
+		{"EDNS0 600, 600 bytes: answered", long, 600, 600, true},
+		{"EDNS0 600, 601 bytes: passed", long, 601, 600, false},
+		{"EDNS0 256 (taken as 512), 512 bytes: answered", "big.example.", 512, 256, true},
+		{"EDNS0 256 (taken as 512), 513 bytes: passed", "big.example.", 513, 256, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := query(tc.qname, dns.TypeTXT, 0x1234)
+			if tc.udpSize > 0 {
+				q.SetEdns0(uint16(tc.udpSize), false)
+			}
+			k, e := sizedEntry(t, q, tc.size)
+			if err := c.Put(k, e); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Delete(k) })
+			checkAnswered(t, c, q, k, e, tc.answer)
+		})
+	}
+}
+
+// checkAnswered runs q (over IPv4 and IPv6) against the entry for k: answered
+// with the expected response, or passed on unchanged and counted as passed.
+func checkAnswered(t *testing.T, c *Cache, q *dns.Msg, k Key, e *Entry, answer bool) {
+	t.Helper()
+	payload := pack(t, q)
+	for _, addrs := range [][2]netip.Addr{{podIP4, cacheIP4}, {podIP6, cacheIP6}} {
+		in := frame(payload, addrs[0], addrs[1], 40123, 53)
+		before, _ := c.Stats()
+		ret, out := run(t, c, in)
+		after, _ := c.Stats()
+		if !answer {
+			if ret != actUnspec || !bytes.Equal(out, in) {
+				t.Fatalf("%s: answered in the kernel (verdict %d), want passed on unchanged", addrs[0], int32(ret))
+			}
+			if after.Passed != before.Passed+1 {
+				t.Errorf("%s: passed counter did not move: before %+v after %+v", addrs[0], before, after)
+			}
+			continue
+		}
+		if ret != actRedirect {
+			t.Fatalf("%s: verdict %d, want an answer; stats %+v", addrs[0], int32(ret), after)
+		}
+		want := expected(t, payload, k, e, 0, q.IsEdns0() != nil)
+		if got := parseFrame(t, out).payload; !bytes.Equal(got, want) {
+			t.Fatalf("%s: response differs from the user-space rendering:\n got % x\nwant % x", addrs[0], got, want)
+		}
+	}
+}
+
+// TestChecksumZero: a response whose UDP checksum computes to 0 carries
+// 0xffff (RFC 768; over IPv6 a zero checksum is invalid, RFC 8200). The
+// query ID is searched for so that the response's checksum is 0.
+func TestChecksumZero(t *testing.T) {
+	c := openCache(t, Options{})
+	for _, addrs := range [][2]netip.Addr{{podIP4, cacheIP4}, {podIP6, cacheIP6}} {
+		pod, cache := addrs[0], addrs[1]
+		t.Run(pod.String(), func(t *testing.T) {
+			// TTL 0: the response does not change as the seconds pass.
+			q := query("zero.example.", dns.TypeA, 0)
+			k, e := entryFor(t, answerFor(q, "zero.example. 0 IN A 192.0.2.53"), false, false, 0, time.Minute)
+			if err := c.Put(k, e); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Delete(k) })
+			found := false
+			for id := 0; id <= 0xffff && !found; id++ {
+				q.Id = uint16(id)
+				resp := expected(t, pack(t, q), k, e, 0, false)
+				found = udpChecksumRaw(cache, pod, udpDatagram(resp, 53, 40123)) == 0
+			}
+			if !found {
+				t.Fatal("no query ID gives a response checksum of 0")
+			}
+			ret, out := run(t, c, frame(pack(t, q), pod, cache, 40123, 53))
+			if ret != actRedirect {
+				t.Fatalf("ID %#04x: verdict %d, want an answer", q.Id, int32(ret))
+			}
+			udp := out[len(out)-8-len(expected(t, pack(t, q), k, e, 0, false)):]
+			if sum := binary.BigEndian.Uint16(udp[6:]); sum != 0xffff {
+				t.Fatalf("ID %#04x: UDP checksum field %#04x, want 0xffff for a checksum that computes to 0", q.Id, sum)
+			}
+			parseFrame(t, out)
+		})
 	}
 }
 

@@ -54,11 +54,7 @@ func openCache(t testing.TB, opts Options) *Cache {
 // frame wraps a DNS payload in Ethernet + IPv4/IPv6 + UDP from the pod to
 // dst:port, with correct checksums.
 func frame(payload []byte, src, dst netip.Addr, sport, dport uint16) []byte {
-	udp := make([]byte, 8+len(payload))
-	binary.BigEndian.PutUint16(udp[0:], sport)
-	binary.BigEndian.PutUint16(udp[2:], dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[8:], payload)
+	udp := udpDatagram(payload, sport, dport)
 	binary.BigEndian.PutUint16(udp[6:], udpChecksum(src, dst, udp))
 
 	eth := append(append(append([]byte{}, hostMAC...), podMAC...), 0, 0)
@@ -101,7 +97,28 @@ func onesSum(sum uint32, b []byte) uint16 {
 	return uint16(sum)
 }
 
+// udpDatagram is payload behind a UDP header without a checksum.
+func udpDatagram(payload []byte, sport, dport uint16) []byte {
+	udp := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	return udp
+}
+
+// udpChecksum is the checksum field a sender puts in udp: the computed
+// checksum, 0xffff where that is 0.
 func udpChecksum(src, dst netip.Addr, udp []byte) uint16 {
+	if c := udpChecksumRaw(src, dst, udp); c != 0 {
+		return c
+	}
+	return 0xffff
+}
+
+// udpChecksumRaw computes the checksum of udp (its checksum field taken as
+// 0) without mapping 0 to 0xffff.
+func udpChecksumRaw(src, dst netip.Addr, udp []byte) uint16 {
 	var pseudo []byte
 	if src.Is4() {
 		s, d := src.As4(), dst.As4()
@@ -116,11 +133,7 @@ func udpChecksum(src, dst netip.Addr, udp []byte) uint16 {
 	binary.BigEndian.PutUint16(udp[6:], 0)
 	sum := onesSum(uint32(onesSum(0, pseudo)), udp)
 	binary.BigEndian.PutUint16(udp[6:], saved)
-	c := ^sum
-	if c == 0 {
-		c = 0xffff
-	}
-	return c
+	return ^sum
 }
 
 // parsed is a frame taken apart again.
@@ -260,6 +273,40 @@ func pack(t testing.TB, m *dns.Msg) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// sizedEntry is the entry for q whose response to q is exactly size bytes
+// (q's OPT record included): a TXT record padded to fit.
+func sizedEntry(t testing.TB, q *dns.Msg, size int) (Key, *Entry) {
+	t.Helper()
+	name := make([]byte, 256)
+	n, err := dns.PackDomainName(q.Question[0].Name, name, 0, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := 0
+	if q.IsEdns0() != nil {
+		opt = 11
+	}
+	// Header, question, the record's compressed owner, type, class, TTL
+	// and RDLENGTH, then the strings.
+	rdlen := size - opt - (12 + n + 4) - (2 + 10)
+	if rdlen < 1 {
+		t.Fatalf("a %d-byte response cannot hold a TXT record for %s", size, q.Question[0].Name)
+	}
+	txt := &dns.TXT{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300}}
+	for rdlen > 0 {
+		l := min(rdlen-1, 255)
+		txt.Txt = append(txt.Txt, strings.Repeat("x", l))
+		rdlen -= l + 1
+	}
+	r := answerFor(q)
+	r.Answer = append(r.Answer, txt)
+	k, e := entryFor(t, r, q.IsEdns0() != nil && q.IsEdns0().Do(), false, 0, time.Minute)
+	if got := 12 + len(k.Name) + 4 + len(e.Data) + opt; got != size {
+		t.Fatalf("sized response of %d bytes, want %d", got, size)
+	}
+	return k, e
 }
 
 func answerFor(q *dns.Msg, rrs ...string) *dns.Msg {
