@@ -48,6 +48,8 @@ func main() {
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
 	fs.BoolVar(&cfg.Steer.Notrack, "notrack", true, "steering: keep the cache's own traffic (to and from --local-ip, port 53) out of conntrack with NOTRACK rules at raw priority in an nftables table of its own, written over netlink (no nft or iptables binary); its upstream queries stay tracked. Where nftables is not available node-cache warns and steers without it. false: no table (one a previous node-cache left is removed)")
 	fs.StringVar(&cfg.Steer.NotrackTable, "notrack-table", notrack.DefaultTable, "steering: name of that nftables table (family inet)")
+	debugWedge := fs.Bool("debug-wedge", false, "tests only: serve POST /debug/wedge?part=chain|fastpath|all on --health, which makes the DNS serving path block forever while the process lives")
+	fs.MarkHidden("debug-wedge")
 	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs), the NOTRACK table (--notrack-table) and every --local-ip address (from --interface) node-cache created, then exit 0")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
@@ -130,7 +132,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := nodecache.New(cfg, log).Run(ctx); err != nil {
+	agent := nodecache.New(cfg, log)
+	agent.DebugWedge = *debugWedge
+	if err := agent.Run(ctx); err != nil {
 		log.Error("node-cache failed", "err", err)
 		os.Exit(1)
 	}
