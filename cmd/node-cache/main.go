@@ -26,7 +26,7 @@ func main() {
 	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to (in Kubernetes mode: those outside the cluster zones), over TCP; repeatable (default: the nameservers of --resolv-conf)")
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
 	fs.StringVar(&cfg.Metrics, "metrics", ":9253", "ADDR serving Prometheus /metrics (empty: off)")
-	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness) and /ready (readiness) (empty: off)")
+	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness: the process) and /ready (readiness: CoreDNS answers node-cache's own serving probes, and with steering the heartbeat is fresh) (empty: off)")
 	version := fs.Bool("version", false, "print the version and exit")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams and the node's search domains are read from")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (default: the in-cluster service account when running in a pod); with either, node-cache runs in Kubernetes mode")
@@ -41,7 +41,7 @@ func main() {
 	fs.Lookup("steer").NoOptDefVal = "true"
 	fs.StringVar(&cfg.Steer.Cgroup, "cgroup", "", "steering: cgroup v2 directory the eBPF programs attach to (default: the cgroup v2 mount, detected)")
 	fs.StringVar(&cfg.Steer.BPFFS, "bpffs", "/sys/fs/bpf", "steering: bpf file system; programs, links and maps are pinned under PATH/dnsaccel (mounted if PATH is not one)")
-	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly")
+	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly. node-cache beats only when it answers its own probes (UDP and TCP queries to --local-ip:53, every timeout/4, answered within timeout/2), so a wedged CoreDNS falls back like a dead process; /ready follows the same probes")
 	fs.BoolVar(&cfg.KernelCache.On, "kernel-cache", true, "with steering: answer hot names in the kernel, at pods' interfaces (a tc program on each veth), without waking node-cache; where the kernel cannot run it, node-cache goes on without it")
 	fs.StringVar(&cfg.KernelCache.Interfaces, "kernel-cache-interfaces", "", "REGEX: with --kernel-cache, only host interfaces whose names match get the tc program (empty: every veth)")
 	fs.IntVar(&cfg.KernelCache.MaxBytes, "kernel-cache-max-bytes", nodecache.DefaultKernelCacheMaxBytes, "largest response (bytes) answered from the kernel; larger ones are answered by node-cache")
