@@ -82,6 +82,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.stopKernelCache()
 
+	// The heartbeat (kernel steering, readiness) follows the serving
+	// probes; set up before /ready reads it, started once CoreDNS serves.
+	if targets := a.cfg.probeTargets(); len(targets) > 0 {
+		var beat func() error
+		if a.steer != nil {
+			beat = a.steer.beat
+		}
+		a.hb = newHeartbeat(targets, a.cfg.Steer.HeartbeatTimeout, beat, a.log)
+	}
+
 	var servers []*http.Server
 	defer func() {
 		for _, s := range servers {
@@ -138,14 +148,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start CoreDNS with the %s Corefile: %w", name, err)
 	}
-	// The heartbeat (kernel steering, readiness) follows the serving
-	// probes; the kernel steers from the first answered round on.
-	var beat func() error
-	if a.steer != nil {
-		beat = a.steer.beat
-	}
-	if targets := a.cfg.probeTargets(); len(targets) > 0 {
-		a.hb = newHeartbeat(targets, a.cfg.Steer.HeartbeatTimeout, beat, a.log)
+	// The kernel steers from the first answered round of probes on.
+	if a.hb != nil {
 		a.hb.start(ctx)
 		defer a.hb.stop()
 	} else {

@@ -554,10 +554,10 @@ func (s *steering) beat() error {
 }
 
 // handover, called once the agent's heartbeat has stopped, waits until
-// pods no longer need this process: a successor beats (it serves the same addresses with
-// SO_REUSEPORT and, with the fast path, has taken the UDP traffic), or the
-// heartbeat has expired and the kernel sends pods to the cluster DNS. Only
-// then may the caller stop serving.
+// pods no longer need this process: a successor beats (it serves the same
+// addresses with SO_REUSEPORT and, with the fast path, has taken the UDP
+// traffic), or the heartbeat has expired and the kernel sends pods to the
+// cluster DNS. Only then may the caller stop serving.
 func (s *steering) handover() {
 	deadline := time.Now().Add(s.cfg.HeartbeatTimeout + time.Second)
 	for time.Now().Before(deadline) {
