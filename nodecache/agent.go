@@ -19,14 +19,22 @@ import (
 
 	// The plugin set and order of bin/coredns.
 	_ "github.com/dnsaccel/dnsaccel/plugin"
+	nodecacheplugin "github.com/dnsaccel/dnsaccel/plugin/nodecache"
 )
 
 // Agent runs the node cache.
 type Agent struct {
+	// DebugWedge serves POST /debug/wedge?part=chain|fastpath|all on
+	// --health: the nodecache plugin's ServeDNS and/or fast-path threads
+	// block forever while the process lives (hidden flag --debug-wedge,
+	// for the tests of the heartbeat). Never in production.
+	DebugWedge bool
+
 	cfg   Config
 	log   *slog.Logger
 	ready atomic.Bool
 	steer *steering // nil: not steering
+	hb    *heartbeat
 	// kernelCacheStop detaches the in-kernel cache; nil: none.
 	kernelCacheStop func()
 }
@@ -73,6 +81,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.stopKernelCache()
 
+	// The heartbeat (kernel steering, readiness) follows the serving
+	// probes; set up before /ready reads it, started once CoreDNS serves.
+	if targets := a.cfg.probeTargets(); len(targets) > 0 {
+		var beat func() error
+		if a.steer != nil {
+			beat = a.steer.beat
+		}
+		a.hb = newHeartbeat(targets, a.cfg.Steer.HeartbeatTimeout, beat, a.log)
+	}
+
 	var servers []*http.Server
 	defer func() {
 		for _, s := range servers {
@@ -88,12 +106,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			http.Error(w, "starting or stopping", http.StatusServiceUnavailable)
 			return
 		}
+		if a.hb != nil && !a.hb.alive() {
+			http.Error(w, "serving probes unanswered", http.StatusServiceUnavailable)
+			return
+		}
 		if a.steer != nil && !a.steer.dp.Fresh() {
 			http.Error(w, "steering heartbeat stale", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "OK")
 	})
+	if a.DebugWedge {
+		health.HandleFunc("POST /debug/wedge", a.debugWedge)
+	}
 	if a.cfg.Health != "" {
 		hs, err := a.serveHTTP("health", a.cfg.Health, health)
 		if err != nil {
@@ -113,14 +138,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		servers = append(servers, ms)
 	}
 
+	// Before the listeners exist: on a handover, the TCP connections in
+	// the closing node-cache's accept queue move to its successor.
+	enableTCPMigrateReq(a.log)
 	dnsserver.Quiet = true
 	a.log.Info("starting CoreDNS", "corefile", name)
 	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: name, ServerTypeName: "dns"})
 	if err != nil {
 		return fmt.Errorf("start CoreDNS with the %s Corefile: %w", name, err)
 	}
-	if a.steer != nil {
-		a.steer.beat(ctx)
+	// The kernel steers from the first answered round of probes on.
+	if a.hb != nil {
+		a.hb.start(ctx)
+		defer a.hb.stop()
+	} else {
+		a.log.Info("no serving probes: with --conf and without steering node-cache does not know the addresses the Corefile serves; /ready only says CoreDNS started")
 	}
 	a.ready.Store(true)
 	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil, "kernel_cache", a.kernelCacheStop != nil)
@@ -128,6 +160,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done()
 	a.ready.Store(false)
 	a.log.Info("shutting down")
+	if a.hb != nil {
+		a.hb.stop() // no beat from here on
+	}
 	if a.steer != nil {
 		a.steer.handover()
 	}
@@ -136,6 +171,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	inst.ShutdownCallbacks()
 	return nil
+}
+
+// debugWedge makes the serving path hang for good (--debug-wedge only).
+func (a *Agent) debugWedge(w http.ResponseWriter, r *http.Request) {
+	part := r.URL.Query().Get("part")
+	switch part {
+	case "chain", "fastpath", "all":
+	default:
+		http.Error(w, "part: want chain, fastpath or all", http.StatusBadRequest)
+		return
+	}
+	a.log.Warn("debug: wedging the serving path for good", "part", part)
+	nodecacheplugin.Wedge(part != "fastpath", part != "chain")
+	fmt.Fprintln(w, "wedged", part)
 }
 
 func (a *Agent) serveHTTP(what, addr string, h http.Handler) (*http.Server, error) {

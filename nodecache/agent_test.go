@@ -159,7 +159,13 @@ func buildBinary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	// node-cache sets net.ipv4.tcp_migrate_req (and leaves it set, for its
+	// successors); the tests leave the machine as they found it.
+	migrateReq, migrateErr := os.ReadFile(tcpMigrateReq)
 	code := cluster.Run(m) // the Kubernetes-mode tests share one API server
+	if migrateErr == nil {
+		os.WriteFile(tcpMigrateReq, migrateReq, 0o644)
+	}
 	steertest.RemoveBinaries()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))

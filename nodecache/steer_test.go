@@ -376,6 +376,9 @@ func TestSteerKillAndRestart(t *testing.T) {
 		return append(append(s.steerArgs(timeout), "--listen", listen, "--upstream", s.VIP.String()+":53", "--metrics", ""), extra...)
 	}
 	a := startNodeCache(t, "node-cache A", args()...)
+	if v, err := os.ReadFile(tcpMigrateReq); err != nil || strings.TrimSpace(string(v)) != "1" {
+		t.Errorf("node-cache running: %s = %q (err %v), want 1", tcpMigrateReq, v, err)
+	}
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
 		t.Fatalf("with A running the cluster DNS saw %v (err %v), want the node's %s", saw, err, s.DNS.HostIP)
 	}
@@ -424,8 +427,12 @@ func TestSteerKillAndRestart(t *testing.T) {
 	// the same from C to D. No query may fail, and none may even fall back
 	// to the cluster DNS: the kernel's counters show every one steered.
 	stale0, steered0 := steerCounters(t, s.bpffs)
-	load := startLoad(t, s, 8, 1600)
-	steertest.WaitFor(t, "load running", 10*time.Second, func() bool { return load.total() >= 300 })
+	load := startLoad(t, s, 8, 1600, false)
+	// TCP queries too, each on a new connection: the handover must not
+	// reset connections waiting in the old node-cache's accept queue
+	// (net.ipv4.tcp_migrate_req moves them to the successor).
+	tcpLoad := startLoad(t, s, 8, 800, true)
+	steertest.WaitFor(t, "load running", 10*time.Second, func() bool { return load.total() >= 300 && tcpLoad.total() >= 100 })
 	old := b
 	var prevOwners []string
 	for _, name := range []string{"node-cache C", "node-cache D"} {
@@ -443,16 +450,22 @@ func TestSteerKillAndRestart(t *testing.T) {
 			t.Errorf("NOTRACK table after %s's SIGTERM: owners %v, want %s's %v", old.name, after, name, owners)
 		}
 		prevOwners = owners
-		after := load.total()
-		steertest.WaitFor(t, "load continuing after "+old.name+" exited", 10*time.Second, func() bool { return load.total() >= after+1000 })
+		after, tcpAfter := load.total(), tcpLoad.total()
+		steertest.WaitFor(t, "load continuing after "+old.name+" exited", 10*time.Second, func() bool {
+			return load.total() >= after+1000 && tcpLoad.total() >= tcpAfter+200
+		})
 		old = next
 	}
-	res := load.stop()
+	res, tcpRes := load.stop(), tcpLoad.stop()
 	stale1, steered1 := steerCounters(t, s.bpffs)
-	t.Logf("2 restarts under load: %d queries in %s (%.0f/s), %d failed; kernel: %d steered, %d not steered for a stale heartbeat",
-		res.total, res.elapsed.Round(time.Millisecond), float64(res.total)/res.elapsed.Seconds(), res.failed, steered1-steered0, stale1-stale0)
+	t.Logf("2 restarts under load: UDP %d queries in %s (%.0f/s), %d failed; TCP %d queries (%.0f/s), %d failed; kernel: %d steered, %d not steered for a stale heartbeat",
+		res.total, res.elapsed.Round(time.Millisecond), float64(res.total)/res.elapsed.Seconds(), res.failed,
+		tcpRes.total, float64(tcpRes.total)/tcpRes.elapsed.Seconds(), tcpRes.failed, steered1-steered0, stale1-stale0)
 	if res.failed != 0 {
 		t.Errorf("%d of %d queries failed during the restarts; first: %v", res.failed, res.total, res.firstErr)
+	}
+	if tcpRes.failed != 0 {
+		t.Errorf("%d of %d TCP queries (new connections) failed during the restarts; first: %v", tcpRes.failed, tcpRes.total, tcpRes.firstErr)
 	}
 	if rate := float64(res.total) / res.elapsed.Seconds(); rate < 1000 {
 		t.Errorf("load was %.0f queries/s, want >= 1000", rate)
@@ -460,8 +473,8 @@ func TestSteerKillAndRestart(t *testing.T) {
 	if stale1 != stale0 {
 		t.Errorf("%d queries fell back to the cluster DNS during the restarts (heartbeat lapsed)", stale1-stale0)
 	}
-	if steered1-steered0 < uint64(res.total) {
-		t.Errorf("kernel steered %d operations, fewer than the %d queries", steered1-steered0, res.total)
+	if steered1-steered0 < uint64(res.total+tcpRes.total) {
+		t.Errorf("kernel steered %d operations, fewer than the %d queries", steered1-steered0, res.total+tcpRes.total)
 	}
 	if saw, err := s.whoSaw(t, 2*time.Second); err != nil || saw != s.DNS.HostIP {
 		t.Errorf("after the restarts the cluster DNS saw %v (err %v), want the node's %s (D steering)", saw, err, s.DNS.HostIP)
@@ -508,8 +521,8 @@ func steerCounters(t *testing.T, bpffs string) (stale, steered uint64) {
 }
 
 // load sends queries for ClusterName to the VIP from the pod, each from a
-// fresh socket, at a steady rate; any query without the right answer
-// within 2 s fails.
+// fresh socket (over TCP: a new connection), at a steady rate; any query
+// without the right answer within 2 s fails.
 type load struct {
 	stopc    chan struct{}
 	wg       sync.WaitGroup
@@ -525,7 +538,7 @@ type loadResult struct {
 	firstErr      error
 }
 
-func startLoad(t *testing.T, s *steerSetup, workers int, qps int) *load {
+func startLoad(t *testing.T, s *steerSetup, workers int, qps int, tcp bool) *load {
 	t.Helper()
 	l := &load{stopc: make(chan struct{}), start: time.Now()}
 	interval := time.Duration(int64(time.Second) * int64(workers) / int64(qps))
@@ -543,7 +556,13 @@ func startLoad(t *testing.T, s *steerSetup, workers int, qps int) *load {
 						return nil
 					default:
 					}
-					r, _, err := c.Query(steertest.ClusterName)
+					var r *dns.Msg
+					var err error
+					if tcp {
+						r, _, err = steertest.Query(vip, steertest.ClusterName, true, 2*time.Second)
+					} else {
+						r, _, err = c.Query(steertest.ClusterName)
+					}
 					if err == nil && !steertest.HasA(r, steertest.ClusterAnswer) {
 						err = fmt.Errorf("answer %v", r)
 					}

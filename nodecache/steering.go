@@ -438,12 +438,12 @@ func Cleanup(s Steer, log *slog.Logger) error {
 
 // steering is the running steering of an agent.
 type steering struct {
-	dp     *steer.Steering
-	cfg    Steer
-	iface  string
-	log    *slog.Logger
-	cancel context.CancelFunc
-	done   chan struct{}
+	dp    *steer.Steering
+	cfg   Steer
+	iface string
+	log   *slog.Logger
+	// beating: this process has beaten (steered) at least once.
+	beating atomic.Bool
 	// nt is this process's hold on the NOTRACK table (nil: none);
 	// notrackOn mirrors it for the metrics.
 	nt        *notrack.Owner
@@ -528,7 +528,7 @@ func (s *steering) releaseNotrack() {
 	nt := s.nt
 	s.nt = nil
 	s.notrackOn.Store(false)
-	neverServed := s.cancel == nil // no heartbeat was ever started
+	neverServed := !s.beating.Load()
 	if !s.expired && !(neverServed && nt.Created()) {
 		return
 	}
@@ -544,50 +544,24 @@ func (s *steering) releaseNotrack() {
 	}
 }
 
-// beat starts the heartbeat: the kernel steers from now on.
-func (s *steering) beat(ctx context.Context) {
-	ctx, s.cancel = context.WithCancel(ctx)
-	s.done = make(chan struct{})
-	interval := min(max(s.cfg.HeartbeatTimeout/4, 10*time.Millisecond), time.Second)
-	if err := s.dp.Beat(); err != nil {
-		s.log.Error("heartbeat", "err", err)
-	}
-	go func() {
-		defer close(s.done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		failing := false
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := s.dp.Beat(); err != nil {
-				if !failing {
-					s.log.Error("heartbeat", "err", err)
-				}
-				failing = true
-			} else {
-				failing = false
-			}
-		}
-	}()
+// beat refreshes the kernel's heartbeat: the kernel steers for another
+// --heartbeat-timeout. The agent's heartbeat calls it after each round of
+// serving probes that were all answered (heartbeat.go), never from a
+// plain timer: a process that lives but does not serve stops beating.
+func (s *steering) beat() error {
+	s.beating.Store(true)
+	return s.dp.Beat()
 }
 
-// handover stops the heartbeat and waits until pods no longer need this
-// process: a successor beats (it serves the same addresses with
-// SO_REUSEPORT and, with the fast path, has taken the UDP traffic), or the
-// heartbeat has expired and the kernel sends pods to the cluster DNS. Only
-// then may the caller stop serving.
+// handover, called once the agent's heartbeat has stopped, waits until
+// pods no longer need this process: a successor beats (it serves the same
+// addresses with SO_REUSEPORT and, with the fast path, has taken the UDP
+// traffic), or the heartbeat has expired and the kernel sends pods to the
+// cluster DNS. Only then may the caller stop serving.
 func (s *steering) handover() {
-	if s.cancel != nil {
-		s.cancel()
-		<-s.done
-	}
 	deadline := time.Now().Add(s.cfg.HeartbeatTimeout + time.Second)
 	for time.Now().Before(deadline) {
-		if s.dp.BeatenByOther() {
+		if s.dp.BeatenByOther() && s.dp.Fresh() {
 			s.log.Info("handover: another node-cache keeps the heartbeat; draining", "for", drainTime.String())
 			time.Sleep(drainTime)
 			return
@@ -615,10 +589,6 @@ const drainTime = 300 * time.Millisecond
 // (or --cleanup). The NOTRACK table goes if no node-cache needs it
 // (releaseNotrack). Called once the cache has stopped serving.
 func (s *steering) close() {
-	if s.cancel != nil {
-		s.cancel()
-		<-s.done
-	}
 	s.releaseNotrack()
 	s.dp.Close()
 }

@@ -28,7 +28,7 @@ func main() {
 	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to (in Kubernetes mode: those outside the cluster zones), over TCP; repeatable (default: the nameservers of --resolv-conf)")
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
 	fs.StringVar(&cfg.Metrics, "metrics", ":9253", "ADDR serving Prometheus /metrics (empty: off)")
-	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness) and /ready (readiness) (empty: off)")
+	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness: the process) and /ready (readiness: CoreDNS answers node-cache's own serving probes, and with steering the heartbeat is fresh) (empty: off)")
 	version := fs.Bool("version", false, "print the version and exit")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams and the node's search domains are read from")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (default: the in-cluster service account when running in a pod); with either, node-cache runs in Kubernetes mode")
@@ -43,7 +43,7 @@ func main() {
 	fs.Lookup("steer").NoOptDefVal = "true"
 	fs.StringVar(&cfg.Steer.Cgroup, "cgroup", "", "steering: cgroup v2 directory the eBPF programs attach to (default: the cgroup v2 mount, detected)")
 	fs.StringVar(&cfg.Steer.BPFFS, "bpffs", "/sys/fs/bpf", "steering: bpf file system; programs, links and maps are pinned under PATH/dnsaccel (mounted if PATH is not one)")
-	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly")
+	fs.DurationVar(&cfg.Steer.HeartbeatTimeout, "heartbeat-timeout", nodecache.DefaultHeartbeatTimeout, "steering: the kernel steers only while node-cache's last heartbeat is younger than this; after that pods query --cluster-dns directly. node-cache beats only when it answers its own probes (UDP and TCP queries to --local-ip:53, every timeout/4, answered within timeout/2), so a wedged CoreDNS falls back like a dead process; /ready follows the same probes")
 	fs.BoolVar(&cfg.KernelCache.On, "kernel-cache", true, "with steering: answer hot names in the kernel, at pods' interfaces (a tc program on each veth's host end, and on ipvlan/macvlan interfaces inside pods' namespaces, see --kernel-cache-netns-dir), without waking node-cache; where the kernel cannot run it, node-cache goes on without it")
 	fs.StringVar(&cfg.KernelCache.Interfaces, "kernel-cache-interfaces", "", "REGEX: with --kernel-cache, only host interfaces whose names match get the tc program (empty: every veth)")
 	fs.StringVar(&cfg.KernelCache.NetnsDir, "kernel-cache-netns-dir", nodecache.DefaultNetnsDir, "DIR: with --kernel-cache, where the container runtime bind-mounts pods' network namespaces (containerd, CRI-O: /var/run/netns); in each, the egress of ipvlan and macvlan interfaces (pod interfaces with no host end to attach to) gets the tc program; empty: not watched")
@@ -51,6 +51,8 @@ func main() {
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
 	fs.BoolVar(&cfg.Steer.Notrack, "notrack", true, "steering: keep the cache's own traffic (to and from --local-ip, port 53) out of conntrack with NOTRACK rules at raw priority in an nftables table of its own, written over netlink (no nft or iptables binary); its upstream queries stay tracked. Where nftables is not available node-cache warns and steers without it. false: no table (one a previous node-cache left is removed)")
 	fs.StringVar(&cfg.Steer.NotrackTable, "notrack-table", notrack.DefaultTable, "steering: name of that nftables table (family inet)")
+	debugWedge := fs.Bool("debug-wedge", false, "tests only: serve POST /debug/wedge?part=chain|fastpath|all on --health, which makes the DNS serving path block forever while the process lives")
+	fs.MarkHidden("debug-wedge")
 	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin (under --bpffs), the NOTRACK table (--notrack-table) and every --local-ip address (from --interface) node-cache created, then exit 0")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: node-cache [flags]\n\n"+
@@ -137,7 +139,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := nodecache.New(cfg, log).Run(ctx); err != nil {
+	agent := nodecache.New(cfg, log)
+	agent.DebugWedge = *debugWedge
+	if err := agent.Run(ctx); err != nil {
 		log.Error("node-cache failed", "err", err)
 		os.Exit(1)
 	}

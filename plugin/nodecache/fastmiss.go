@@ -55,8 +55,8 @@ func asyncMissOK(q *query) bool {
 // replies to) without the chain, or returns false when the chain must
 // serve it.
 func (fe *frontend) missAsync(pkt []byte, q *query, k key, w *fastWriter) bool {
-	if !asyncMissOK(q) {
-		return false
+	if !asyncMissOK(q) || string(k.name) == probeWire {
+		return false // the probe goes through the chain, by design
 	}
 	nc := fe.routes.Load().route(k.name)
 	if nc == nil || nc.pool == nil {

@@ -45,6 +45,9 @@ type frontend struct {
 
 	misses chan struct{} // bounds concurrent hand-offs to the chain
 	stop   func()
+	// threads: per fast-path thread, when it last came back to its socket
+	// (monoNow), for FastPathStalled; set by start, before fe is published.
+	threads []*atomic.Int64
 }
 
 var (

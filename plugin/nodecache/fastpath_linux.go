@@ -60,11 +60,17 @@ func (fe *frontend) start(n int) (func(), error) {
 	var stopping atomic.Bool
 	var wg sync.WaitGroup
 	local := net.UDPAddrFromAddrPort(ap)
-	for _, fd := range fds {
+	threads := make([]*atomic.Int64, len(fds))
+	for i := range threads {
+		threads[i] = new(atomic.Int64)
+		threads[i].Store(monoNow())
+	}
+	fe.threads = threads
+	for i, fd := range fds {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fe.loop(fd, local, &stopping)
+			fe.loop(fd, local, &stopping, threads[i])
 		}()
 	}
 	return func() {
@@ -150,7 +156,8 @@ type mmsghdr struct {
 }
 
 // loop serves one socket on a locked OS thread until stopping.
-func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
+// alive is set each time the thread comes back to its socket.
+func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, alive *atomic.Int64) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
@@ -180,6 +187,8 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool) {
 	send := func(b []byte, to *net.UDPAddr) error { return sendTo(fd, b, to) }
 
 	for !stopping.Load() {
+		alive.Store(monoNow())
+		blockIfWedged(&wedgedFastPath)
 		for i := range rmsgs {
 			rmsgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 			rmsgs[i].hdr.Flags = 0
