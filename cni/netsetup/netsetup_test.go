@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,6 +21,9 @@ type recorder struct {
 	calls []string
 	links map[string]map[string]netlink.Link // ns -> name -> link
 	next  int
+	// rules are the host's policy rules; routes what RouteList answers.
+	rules  []netlink.Rule
+	routes []netlink.Route
 }
 
 func newRecorder() *recorder {
@@ -120,13 +124,21 @@ func (r *recorder) RouteDel(rt *netlink.Route) error {
 	r.rec("route del %s", routeString(rt))
 	return nil
 }
-func (r *recorder) RouteList(netlink.Link) ([]netlink.Route, error) { return nil, nil }
+func (r *recorder) RouteList(netlink.Link) ([]netlink.Route, error) { return r.routes, nil }
+func ruleString(ru *netlink.Rule) string {
+	return fmt.Sprintf("prio %d from %v to %v iif %s table %d", ru.Priority, ru.Src, ru.Dst, ru.IifName, ru.Table)
+}
 func (r *recorder) RuleAdd(ru *netlink.Rule) error {
-	r.rec("rule prio %d from %v to %v iif %s table %d", ru.Priority, ru.Src, ru.Dst, ru.IifName, ru.Table)
+	r.rec("rule %s", ruleString(ru))
+	r.rules = append(r.rules, *ru)
 	return nil
 }
-func (r *recorder) RuleDel(*netlink.Rule) error       { return nil }
-func (r *recorder) RuleList() ([]netlink.Rule, error) { return nil, nil }
+func (r *recorder) RuleDel(ru *netlink.Rule) error {
+	r.rec("rule del %s", ruleString(ru))
+	r.rules = slices.DeleteFunc(r.rules, func(x netlink.Rule) bool { return ruleString(&x) == ruleString(ru) })
+	return nil
+}
+func (r *recorder) RuleList() ([]netlink.Rule, error) { return slices.Clone(r.rules), nil }
 func (r *recorder) NeighSet(n *netlink.Neigh) error {
 	r.rec("neigh %s %s", n.IP, n.HardwareAddr)
 	return nil
@@ -220,6 +232,75 @@ func TestVethSequence(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("veth sequence lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestTeardownOwner: a teardown removes what names its container (the host
+// veth, the egress rule on it) always, and what names only the address
+// (the rule to the pod, the IPVLAN host route) only while the address is
+// still its own: a late DEL must not cut off the pod it was given to since.
+func TestTeardownOwner(t *testing.T) {
+	ip := mustAddr("10.0.1.7")
+	hostB := HostIfName("ctr2", "eth0")
+	for _, tc := range []struct {
+		name     string
+		mode     api.Mode
+		owner    AddrOwner
+		routedB  bool // B's host veth routes the address
+		wantGone []string
+		wantKept []string
+	}{
+		{"veth ours", api.ModeVeth, AddrOurs, false, []string{"rule del prio 512", "rule del prio 2048 from 10.0.1.7/32 to <nil> iif " + HostIfName("ctr1", "eth0")}, nil},
+		{"veth taken", api.ModeVeth, AddrTaken, true, []string{"rule del prio 2048 from 10.0.1.7/32 to <nil> iif " + HostIfName("ctr1", "eth0")}, []string{"prio 512", "iif " + hostB}},
+		{"veth taken, no route seen", api.ModeVeth, AddrTaken, false, nil, []string{"prio 512", "iif " + hostB}},
+		{"veth unknown, B routed", api.ModeVeth, AddrUnknown, true, nil, []string{"prio 512", "iif " + hostB}},
+		{"veth unknown, nobody routed", api.ModeVeth, AddrUnknown, false, []string{"rule del prio 512"}, nil},
+		{"ipvlan ours", api.ModeIPVLAN, AddrOurs, false, []string{"host: route del 10.0.1.7/32 dev 12 scope link"}, nil},
+		{"ipvlan taken", api.ModeIPVLAN, AddrTaken, false, nil, nil},
+		{"ipvlan unknown", api.ModeIPVLAN, AddrUnknown, false, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRecorder()
+			c := cfg(r, tc.mode)
+			if _, err := Setup(c); err != nil {
+				t.Fatal(err)
+			}
+			if tc.mode == api.ModeVeth {
+				// Pod B's rules for the same address (its ADD came after A
+				// was released; A's namespace is gone).
+				to := netlink.NewRule()
+				to.Dst, to.Table, to.Priority = host32(ip), 254, PrioToPod
+				from := netlink.NewRule()
+				from.Src, from.IifName, from.Table, from.Priority = host32(ip), hostB, 1005, PrioFromPod
+				r.rules = []netlink.Rule{r.rules[1], *to, *from} // A's egress rule, B's two
+			}
+			if tc.routedB {
+				r.routes = []netlink.Route{{LinkIndex: 300, Dst: host32(ip), Table: 254}}
+			}
+			c.Addr, c.PodNS = tc.owner, nil
+			r.calls = nil
+			if err := Teardown(c); err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(r.calls, "\n")
+			for _, w := range tc.wantGone {
+				if !strings.Contains(got, w) {
+					t.Errorf("teardown lacks %q:\n%s", w, got)
+				}
+			}
+			if tc.mode == api.ModeIPVLAN && len(tc.wantGone) == 0 && strings.Contains(got, "route del") {
+				t.Errorf("teardown removed the host route of an address that is not its own:\n%s", got)
+			}
+			var left []string
+			for i := range r.rules {
+				left = append(left, ruleString(&r.rules[i]))
+			}
+			for _, w := range tc.wantKept {
+				if !strings.Contains(strings.Join(left, "\n"), w) {
+					t.Errorf("teardown removed %q; rules left:\n%s\ncalls:\n%s", w, strings.Join(left, "\n"), got)
+				}
+			}
+		})
 	}
 }
 
