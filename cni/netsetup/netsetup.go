@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -694,7 +695,8 @@ func (c *Config) returnENI(l netlink.Link) error {
 	return nil
 }
 
-// Check verifies the pod's interface is as Setup left it.
+// Check verifies the pod's interface and its host side are as Setup left
+// them.
 func Check(c Config) error {
 	p, err := parse(c.Alloc)
 	if err != nil {
@@ -745,29 +747,63 @@ func Check(c Config) error {
 	}); err != nil {
 		return err
 	}
+	return c.HostNS.Do(func() error { return c.checkHost(p) })
+}
+
+// checkHost checks the host side of the mode: the link the node reaches
+// the pod through, up, with the route to the pod, and for veth the two
+// policy rules.
+func (c *Config) checkHost(p parsed) error {
+	hostName := HostIfName(c.ContainerID, c.IfName)
+	what := "host veth"
+	if c.Mode == api.ModeIPVLAN {
+		parent, err := LinkByMAC(c.NL, c.Alloc.MAC)
+		if err != nil {
+			return fmt.Errorf("ENI %s (MAC %s): %w", c.Alloc.ENIID, c.Alloc.MAC, err)
+		}
+		hostName, what = IPVLANHostSlave(parent.Attrs().Index), "host IPVLAN slave"
+	}
+	hl, err := c.NL.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, hostName, err)
+	}
+	if hl.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s %s is down", what, hostName)
+	}
+	routes, err := c.NL.RouteList(hl)
+	if err != nil {
+		return fmt.Errorf("routes of %s: %w", hostName, err)
+	}
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return r.Dst != nil && r.Dst.IP.Equal(net.IP(p.ip.AsSlice())) && isHost(r.Dst)
+	}) {
+		return fmt.Errorf("no host route to %s on %s", p.ip, hostName)
+	}
+	if c.Mode == api.ModeIPVLAN && c.NodeLocalDNS.IsValid() {
+		addrs, err := c.NL.AddrList(hl)
+		if err != nil {
+			return fmt.Errorf("addresses of %s: %w", hostName, err)
+		}
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.IP(c.NodeLocalDNS.AsSlice())) }) {
+			return fmt.Errorf("%s lacks the node-local DNS address %s", hostName, c.NodeLocalDNS)
+		}
+	}
 	if c.Mode != api.ModeVeth {
 		return nil
 	}
-	return c.HostNS.Do(func() error {
-		hostName := HostIfName(c.ContainerID, c.IfName)
-		hv, err := c.NL.LinkByName(hostName)
-		if err != nil {
-			return fmt.Errorf("host veth %s: %w", hostName, err)
-		}
-		if hv.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("host veth %s is down", hostName)
-		}
-		rules, err := c.NL.RuleList()
-		if err != nil {
-			return err
-		}
-		for _, r := range rules {
-			if r.Priority == PrioFromPod && r.Src != nil && r.Src.IP.Equal(net.IP(p.ip.AsSlice())) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no policy rule for %s's egress", p.ip)
-	})
+	rules, err := c.NL.RuleList()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isToPod(&r, p.ip) }) {
+		return fmt.Errorf("no policy rule to %s", p.ip)
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
+		return r.Priority == PrioFromPod && r.IifName == hostName && r.Src != nil && r.Src.IP.Equal(net.IP(p.ip.AsSlice()))
+	}) {
+		return fmt.Errorf("no policy rule for %s's egress from %s", p.ip, hostName)
+	}
+	return nil
 }
 
 // IPVLANSupported reports whether the kernel has the ipvlan driver. It asks

@@ -86,7 +86,11 @@ func (r *recorder) LinkDel(l netlink.Link) error {
 	delete(r.links[r.ns], l.Attrs().Name)
 	return nil
 }
-func (r *recorder) LinkSetUp(l netlink.Link) error   { r.rec("up %s", l.Attrs().Name); return nil }
+func (r *recorder) LinkSetUp(l netlink.Link) error {
+	r.rec("up %s", l.Attrs().Name)
+	l.Attrs().Flags |= net.FlagUp
+	return nil
+}
 func (r *recorder) LinkSetDown(l netlink.Link) error { r.rec("down %s", l.Attrs().Name); return nil }
 func (r *recorder) LinkSetName(l netlink.Link, n string) error {
 	r.rec("rename %s %s", l.Attrs().Name, n)
@@ -299,6 +303,48 @@ func TestTeardownOwner(t *testing.T) {
 				if !strings.Contains(strings.Join(left, "\n"), w) {
 					t.Errorf("teardown removed %q; rules left:\n%s\ncalls:\n%s", w, strings.Join(left, "\n"), got)
 				}
+			}
+		})
+	}
+}
+
+// TestCheckHost: CHECK's host side per mode: the link to the pod up with
+// its route, and for veth both rules.
+func TestCheckHost(t *testing.T) {
+	for _, mode := range []api.Mode{api.ModeVeth, api.ModeExclusive, api.ModeIPVLAN} {
+		t.Run(string(mode), func(t *testing.T) {
+			r := newRecorder()
+			c := cfg(r, mode)
+			res, err := Setup(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, _ := parse(c.Alloc)
+			host, _ := r.links["host"][res.Host.Name]
+			r.routes = []netlink.Route{{LinkIndex: host.Attrs().Index, Dst: host32(p.ip), Table: 254}}
+			check := func() error { return c.HostNS.Do(func() error { return c.checkHost(p) }) }
+			if err := check(); err != nil {
+				t.Fatalf("CHECK after ADD: %v", err)
+			}
+			if mode == api.ModeVeth {
+				rules := r.rules
+				r.rules = rules[1:] // the rule to the pod gone
+				if err := check(); err == nil || !strings.Contains(err.Error(), "no policy rule to") {
+					t.Errorf("CHECK without the rule to the pod: %v", err)
+				}
+				r.rules = rules
+			}
+			r.routes = nil
+			if err := check(); err == nil || !strings.Contains(err.Error(), "no host route") {
+				t.Errorf("CHECK without the host route: %v", err)
+			}
+			host.Attrs().Flags &^= net.FlagUp
+			if err := check(); err == nil || !strings.Contains(err.Error(), "is down") {
+				t.Errorf("CHECK with the host link down: %v", err)
+			}
+			delete(r.links["host"], res.Host.Name)
+			if err := check(); err == nil {
+				t.Error("CHECK without the host link succeeded")
 			}
 		})
 	}
