@@ -17,6 +17,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/cni/api"
 	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
+	"github.com/dnsaccel/dnsaccel/test/cluster"
 )
 
 // vethHostSide checks the host side a veth pod with ip needs: its host
@@ -134,15 +135,85 @@ func TestLateDelAfterReassign(t *testing.T) {
 	}
 }
 
+// newBareEnv is newEnv without the API server: no pod objects, no leak
+// loop.
+func newBareEnv(t *testing.T, o cnitest.Options) *env {
+	t.Helper()
+	if err := cnitest.Check(); err != nil {
+		cluster.SkipOrFail(t, "%v", err)
+	}
+	o.Dir, o.BinDir = t.TempDir(), binDir
+	e, err := cnitest.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", tailLines(e.AgentLog(), 40))
+		}
+	})
+	return &env{Env: e, t: t}
+}
+
+// barePod is a pod namespace without a Pod object.
+func (e *env) barePod(name string) *cnitest.Pod {
+	e.t.Helper()
+	p, err := cnitest.NewPod("default", name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			e.t.Error(err)
+		}
+	})
+	return p
+}
+
+// TestLateDelAfterGC: as TestLateDelAfterReassign, with the runtime's CNI
+// GC (which no longer lists A) releasing A's address instead of the leak
+// loop.
+func TestLateDelAfterGC(t *testing.T) {
+	e := newBareEnv(t, cnitest.Options{MinIdle: 2, MaxIdle: 10})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a := e.barePod("gc-a")
+	ipA := e.add(api.ModeVeth, a)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.GC(ctx, nil); err != nil {
+		t.Fatalf("CNI GC: %v", err)
+	}
+	b := e.barePod("gc-b")
+	ipB := e.add(api.ModeVeth, b)
+	if ipB != ipA {
+		t.Fatalf("pod B got %s, not A's released %s: the pool's choice changed, the test needs the same address", ipB, ipA)
+	}
+	e.checkReassigned(ctx, b, ipB, "before A's late DEL")
+	e.del(api.ModeVeth, a)
+	e.checkReassigned(ctx, b, ipB, "after A's late DEL")
+	e.del(api.ModeVeth, b)
+	if left := hostLeftovers([]netip.Addr{ipA}, []string{a.ContainerID, b.ContainerID}); len(left) > 0 {
+		t.Errorf("left on the host after both DELs: %v", left)
+	}
+}
+
 // TestReconcileDuplicateKeepsRules: the state file holds two allocations
 // claiming pod B's address (an older, stale one under another container
 // ID). On restart the agent keeps B's and drops the other; the dropped
 // one's host cleanup must leave B's rules and routes alone.
 func TestReconcileDuplicateKeepsRules(t *testing.T) {
-	e := newEnv(t, cnitest.Options{MinIdle: 1, MaxIdle: 4})
+	e := newBareEnv(t, cnitest.Options{MinIdle: 1, MaxIdle: 4})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b := e.pod("dup-b")
+	b := e.barePod("dup-b")
 	ipB := e.add(api.ModeVeth, b)
 	e.StopAgent()
 
