@@ -176,9 +176,11 @@ func (e *env) barePod(name string) *cnitest.Pod {
 	return p
 }
 
-// TestLateDelAfterGC: as TestLateDelAfterReassign, with the runtime's CNI
-// GC (which no longer lists A) releasing A's address instead of the leak
-// loop.
+// TestLateDelAfterGC: as TestLateDelAfterReassign without the API server:
+// the agent's GC releases A's address (with its host cleanup, as the leak
+// loop does) while the runtime still has A's cached result. (The runtime's
+// own CNI GC would drop that cache, and its late DEL would carry no
+// address.)
 func TestLateDelAfterGC(t *testing.T) {
 	e := newBareEnv(t, cnitest.Options{MinIdle: 2, MaxIdle: 10})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -188,8 +190,8 @@ func TestLateDelAfterGC(t *testing.T) {
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.GC(ctx, nil); err != nil {
-		t.Fatalf("CNI GC: %v", err)
+	if _, err := api.NewClient(e.Socket).GC(ctx, nil); err != nil {
+		t.Fatalf("agent GC: %v", err)
 	}
 	b := e.barePod("gc-b")
 	ipB := e.add(api.ModeVeth, b)
@@ -242,10 +244,10 @@ func TestReconcileDuplicateKeepsRules(t *testing.T) {
 	if _, err := cl.Get(ctx, stale.Key); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("the stale duplicate survived the restart: %v", err)
 	}
+	e.checkReassigned(ctx, b, ipB, "after the restart dropped the duplicate")
 	if owner, err := cl.Owner(ctx, ipB.String()); err != nil || owner.ContainerID != b.ContainerID {
 		t.Fatalf("agent: %s owned by %+v (%v), want pod B", ipB, owner, err)
 	}
-	e.checkReassigned(ctx, b, ipB, "after the restart dropped the duplicate")
 	e.del(api.ModeVeth, b)
 	if left := hostLeftovers([]netip.Addr{ipB}, []string{b.ContainerID}); len(left) > 0 {
 		t.Errorf("left on the host after DEL: %v", left)
