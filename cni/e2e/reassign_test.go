@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -251,5 +253,33 @@ func TestReconcileDuplicateKeepsRules(t *testing.T) {
 	e.del(api.ModeVeth, b)
 	if left := hostLeftovers([]netip.Addr{ipB}, []string{b.ContainerID}); len(left) > 0 {
 		t.Errorf("left on the host after DEL: %v", left)
+	}
+}
+
+// TestCheckHostSide: CHECK fails once the node's route to a pod is gone,
+// for veth and exclusive mode (without the API server).
+func TestCheckHostSide(t *testing.T) {
+	e := newBareEnv(t, cnitest.Options{MinIdle: 1, MaxIdle: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, mode := range []api.Mode{api.ModeVeth, api.ModeExclusive} {
+		p := e.barePod("check-" + string(mode))
+		ip := e.add(mode, p)
+		if err := e.Check(ctx, mode, p); err != nil {
+			t.Fatalf("CHECK %s after ADD: %v", mode, err)
+		}
+		name := netsetup.HostIfName(p.ContainerID, "eth0")
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteDel(rt); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Check(ctx, mode, p); err == nil || !strings.Contains(err.Error(), "no host route") {
+			t.Errorf("CHECK %s without the host route: %v", mode, err)
+		}
+		e.del(mode, p)
 	}
 }
