@@ -117,9 +117,10 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 }
 
 // hostCleanup removes a pod's host-side interface and rules when its
-// address is freed without a CNI DEL (GC, reconcile, leak loop).
-func hostCleanup(log *slog.Logger) func(a api.Allocation) {
-	return func(a api.Allocation) {
+// address is freed without a CNI DEL (GC, reconcile, leak loop). taken:
+// another attachment holds the address now; its rules and routes stay.
+func hostCleanup(log *slog.Logger) func(a api.Allocation, taken bool) {
+	return func(a api.Allocation, taken bool) {
 		host, closeFn, err := netsetup.CurrentNS()
 		if err != nil {
 			return
@@ -129,7 +130,11 @@ func hostCleanup(log *slog.Logger) func(a api.Allocation) {
 		if mode == api.ModeExclusive {
 			mode = api.ModeVeth // the ENI itself goes with the detach; remove the node link
 		}
-		if err := netsetup.Teardown(netsetup.Config{Mode: mode, IfName: a.IfName, ContainerID: a.ContainerID, Alloc: a, HostNS: host, NL: netsetup.Kernel{}}); err != nil {
+		owner := netsetup.AddrOurs
+		if taken {
+			owner = netsetup.AddrTaken
+		}
+		if err := netsetup.Teardown(netsetup.Config{Mode: mode, IfName: a.IfName, ContainerID: a.ContainerID, Alloc: a, HostNS: host, NL: netsetup.Kernel{}, Addr: owner}); err != nil {
 			log.Warn("host-side cleanup", "key", a.Key.String(), "err", err)
 		}
 	}

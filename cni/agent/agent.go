@@ -39,8 +39,9 @@ type Config struct {
 	Kube     kubernetes.Interface // nil: no pod reconcile, events or condition
 	Log      *slog.Logger
 	// HostCleanup undoes a pod's host side when its address is freed
-	// without a CNI DEL.
-	HostCleanup func(a api.Allocation)
+	// without a CNI DEL; taken: the address is another attachment's now
+	// (leave what is keyed by the address alone).
+	HostCleanup func(a api.Allocation, taken bool)
 	// Ready, if set, is closed when the socket serves.
 	Ready chan<- string
 }

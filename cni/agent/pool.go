@@ -148,8 +148,10 @@ type Pool struct {
 	log   *slog.Logger
 	m     *Metrics
 	// HostCleanup undoes the host side of a pod whose address is freed
-	// without a CNI DEL (GC, reconcile); nil: nothing.
-	HostCleanup func(a api.Allocation)
+	// without a CNI DEL (GC, reconcile, leak loop); nil: nothing. taken:
+	// the address belongs to another attachment now, so what is keyed by
+	// the address alone must stay.
+	HostCleanup func(a api.Allocation, taken bool)
 
 	mu            sync.Mutex
 	enis          map[string]*poolENI
@@ -498,6 +500,31 @@ func (p *Pool) Get(k api.Key) *api.Allocation {
 	return nil
 }
 
+// cleanupHeld undoes a's host side before its release, while the address
+// is still a's (once released it may be another pod's at once); an
+// allocation released meanwhile (its DEL did the teardown) is skipped.
+func (p *Pool) cleanupHeld(a api.Allocation) {
+	if p.HostCleanup == nil {
+		return
+	}
+	if cur := p.Get(a.Key); cur != nil && cur.IP == a.IP && cur.Created.Equal(a.Created) {
+		p.HostCleanup(*cur, false)
+	}
+}
+
+// Owner returns the allocation holding ip, nil if none does.
+func (p *Pool) Owner(ip string) *api.Allocation {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, a := range p.allocs {
+		if a.IP == ip {
+			c := *a
+			return &c
+		}
+	}
+	return nil
+}
+
 // Allocations returns a copy of every allocation.
 func (p *Pool) Allocations() []api.Allocation {
 	p.mu.Lock()
@@ -546,6 +573,7 @@ func (p *Pool) GC(valid []api.Key) ([]api.Key, error) {
 		if keep[a.Key] {
 			continue
 		}
+		p.cleanupHeld(a)
 		r, err := p.Release(a.Key, "gc")
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s (%s): %w", a.Key, a.IP, err))
@@ -553,9 +581,6 @@ func (p *Pool) GC(valid []api.Key) ([]api.Key, error) {
 		}
 		if r != nil {
 			out = append(out, a.Key)
-			if p.HostCleanup != nil {
-				p.HostCleanup(*r)
-			}
 		}
 	}
 	if len(out) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -408,6 +409,10 @@ func TestReconcile(t *testing.T) {
 	mk(key(5), netip.MustParseAddr("10.9.9.9"), "noaddr", time.Minute) // the cloud does not have it
 	// A create interrupted by a crash: repeated with its token.
 	_ = st.PutOp(pendingOp{ID: "op1", Kind: "create", VSwitchID: "vsw-1", Count: 2, Token: "z"})
+	// The dropped duplicate's host cleanup must leave the address's objects
+	// to the kept pod; the others' addresses are nobody's.
+	cleaned := map[string]bool{}
+	p.HostCleanup = func(a api.Allocation, taken bool) { cleaned[a.PodName] = taken }
 	if err := p.Reconcile(ctx, podSet{"ns/live": true, "ns/dup-old": true, "ns/dup-new": true, "ns/noaddr": true}); err != nil {
 		t.Fatal(err)
 	}
@@ -417,6 +422,9 @@ func TestReconcile(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "live,dup-new" {
 		t.Fatalf("kept %v, want live,dup-new", got)
+	}
+	if want := map[string]bool{"dup-old": true, "noaddr": false, "gone": false}; !maps.Equal(cleaned, want) {
+		t.Fatalf("host cleanups (pod: address taken) %v, want %v", cleaned, want)
 	}
 	if err := p.CheckInvariants(); err != nil {
 		t.Fatal(err)
@@ -452,7 +460,7 @@ func TestGC(t *testing.T) {
 		}
 	}
 	var cleaned []string
-	p.HostCleanup = func(a api.Allocation) { cleaned = append(cleaned, a.ContainerID) }
+	p.HostCleanup = func(a api.Allocation, _ bool) { cleaned = append(cleaned, a.ContainerID) }
 	rel, err := p.GC([]api.Key{key(1), key(3)})
 	if err != nil || len(rel) != 2 || len(p.Allocations()) != 2 || strings.Join(cleaned, ",") != "c0,c2" {
 		t.Fatalf("GC released %v (%v), cleaned %v, left %d", rel, err, cleaned, len(p.Allocations()))
@@ -712,7 +720,7 @@ func TestLeakLoop(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var cleaned []string
-	p.HostCleanup = func(a api.Allocation) { mu.Lock(); cleaned = append(cleaned, a.PodName); mu.Unlock() }
+	p.HostCleanup = func(a api.Allocation, _ bool) { mu.Lock(); cleaned = append(cleaned, a.PodName); mu.Unlock() }
 	loopCtx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.LeakLoop(loopCtx, podSet{"ns/live": true}, 50*time.Millisecond); close(done) }()

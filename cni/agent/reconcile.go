@@ -130,11 +130,16 @@ func (p *Pool) Reconcile(ctx context.Context, pods Pods) error {
 		c := a
 		kept[a.Key] = &c
 	}
+	held := map[string]bool{}
+	for _, a := range kept {
+		held[a.IP] = true
+	}
 	for _, a := range dropped {
 		_ = p.store.DelAllocs(a.Key)
-		p.log.Warn("dropped an allocation the cloud no longer backs", "key", a.Key.String(), "ip", a.IP, "eni", a.ENIID)
+		p.log.Warn("dropped an allocation the cloud no longer backs", "key", a.Key.String(), "ip", a.IP, "eni", a.ENIID, "address_kept_by_another", held[a.IP])
 		if p.HostCleanup != nil {
-			p.HostCleanup(a)
+			// A kept allocation on the same address keeps its rules.
+			p.HostCleanup(a, held[a.IP])
 		}
 	}
 	p.mu.Lock()
@@ -178,15 +183,13 @@ func (p *Pool) ReleaseGonePods(ctx context.Context, pods Pods, grace time.Durati
 		if a.PodName == "" || on[a.PodNamespace+"/"+a.PodName] || time.Since(a.Created) < grace {
 			continue
 		}
+		p.cleanupHeld(a)
 		r, err := p.Release(a.Key, why)
 		if err != nil || r == nil {
 			continue
 		}
 		n++
 		p.log.Info("released the address of a pod that is gone", "pod", a.PodNamespace+"/"+a.PodName, "ip", a.IP, "why", why)
-		if p.HostCleanup != nil {
-			p.HostCleanup(*r)
-		}
 	}
 	return n, nil
 }

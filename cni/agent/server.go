@@ -27,8 +27,12 @@ func Handler(p *Pool) http.Handler {
 		reply(w, a, err)
 	})
 	mux.HandleFunc("GET /v1/alloc", func(w http.ResponseWriter, r *http.Request) {
-		k := api.Key{ContainerID: r.URL.Query().Get("containerID"), IfName: r.URL.Query().Get("ifName")}
-		a := p.Get(k)
+		var a *api.Allocation
+		if ip := r.URL.Query().Get("ip"); ip != "" {
+			a = p.Owner(ip)
+		} else {
+			a = p.Get(api.Key{ContainerID: r.URL.Query().Get("containerID"), IfName: r.URL.Query().Get("ifName")})
+		}
 		if a == nil {
 			http.Error(w, `{"code":3,"msg":"no allocation"}`, http.StatusNotFound)
 			return

@@ -6,6 +6,7 @@
 //	POST /v1/alloc    AllocRequest   -> Allocation
 //	POST /v1/release  Key            -> ReleaseResult
 //	GET  /v1/alloc?containerID=&ifName=  -> Allocation (404 if none)
+//	GET  /v1/alloc?ip=               -> Allocation holding the address (404 if none)
 //	POST /v1/gc       GCRequest      -> GCResult
 //	GET  /v1/status?mode=            -> Status
 //
@@ -222,6 +223,15 @@ func (c *Client) Get(ctx context.Context, k Key) (*Allocation, error) {
 	var a Allocation
 	q := url.Values{"containerID": {k.ContainerID}, "ifName": {k.IfName}}
 	if err := c.do(ctx, http.MethodGet, "/v1/alloc?"+q.Encode(), nil, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Owner returns the allocation that holds ip, ErrNotFound if none does.
+func (c *Client) Owner(ctx context.Context, ip string) (*Allocation, error) {
+	var a Allocation
+	if err := c.do(ctx, http.MethodGet, "/v1/alloc?"+url.Values{"ip": {ip}}.Encode(), nil, &a); err != nil {
 		return nil, err
 	}
 	return &a, nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,7 +53,27 @@ type Config struct {
 	NL           Netlink
 	// ENIWait bounds the wait for the ENI's interface to appear (default 10 s).
 	ENIWait time.Duration
+	// Addr says, on teardown, whose Alloc.IP is now: host objects keyed by
+	// the address alone (the rule to the pod, the IPVLAN host route) are
+	// only removed while it is still this attachment's.
+	Addr AddrOwner
 }
+
+// AddrOwner is what the agent knows about a torn-down attachment's address.
+type AddrOwner int
+
+const (
+	// AddrOurs: the address is (or was last) this attachment's and nobody
+	// else's.
+	AddrOurs AddrOwner = iota
+	// AddrUnknown: the agent could not be asked. Address-keyed objects are
+	// removed only where the host shows no other owner (veth, exclusive).
+	AddrUnknown
+	// AddrTaken: the address now belongs to another attachment (a late
+	// DEL after the address was reassigned, a dropped duplicate record):
+	// only what is keyed by this container goes.
+	AddrTaken
+)
 
 // Iface describes an interface the setup made or used.
 type Iface struct {
@@ -285,6 +306,8 @@ func setupVeth(c Config, p parsed) (*Result, error) {
 		if err := c.NL.RouteReplace(&netlink.Route{LinkIndex: hv.Attrs().Index, Dst: host32(p.ip), Scope: netlink.SCOPE_LINK}); err != nil {
 			return fmt.Errorf("host route to %s: %w", p.ip, err)
 		}
+		// Earlier holders of the address are gone (the agent gave it to
+		// this pod): their rules are stale.
 		c.delRules(p.ip)
 		to := netlink.NewRule()
 		to.Dst, to.Table, to.Priority = host32(p.ip), unix.RT_TABLE_MAIN, PrioToPod
@@ -327,19 +350,44 @@ func (c *Config) ensureENITable(eni netlink.Link, gw netip.Addr) error {
 	return nil
 }
 
-// delRules removes the pod's policy rules (any number of copies).
+// delRules removes every policy rule to or from ip (any number of copies).
 func (c *Config) delRules(ip netip.Addr) {
+	c.delRulesWhere(func(r *netlink.Rule) bool {
+		return isToPod(r, ip) || (r.Priority == PrioFromPod && r.Src != nil && r.Src.IP.Equal(net.IP(ip.AsSlice())) && isHost(r.Src))
+	})
+}
+
+func (c *Config) delRulesWhere(match func(r *netlink.Rule) bool) {
 	rules, err := c.NL.RuleList()
 	if err != nil {
 		return
 	}
 	for i := range rules {
-		r := rules[i]
-		if (r.Priority == PrioToPod && r.Dst != nil && r.Dst.IP.Equal(net.IP(ip.AsSlice())) && isHost(r.Dst)) ||
-			(r.Priority == PrioFromPod && r.Src != nil && r.Src.IP.Equal(net.IP(ip.AsSlice())) && isHost(r.Src)) {
-			_ = c.NL.RuleDel(&r)
+		if match(&rules[i]) {
+			_ = c.NL.RuleDel(&rules[i])
 		}
 	}
+}
+
+// isToPod matches the rule sending traffic to ip through the main table.
+func isToPod(r *netlink.Rule, ip netip.Addr) bool {
+	return r.Priority == PrioToPod && r.Dst != nil && r.Dst.IP.Equal(net.IP(ip.AsSlice())) && isHost(r.Dst)
+}
+
+// routedElsewhere reports whether the main table still routes ip/32 to an
+// interface (run after this attachment's host interface, and with it its
+// route, is gone): another pod on the node holds the address.
+func (c *Config) routedElsewhere(ip netip.Addr) bool {
+	routes, err := c.NL.RouteList(nil)
+	if err != nil {
+		return true // unsure: keep the rule, a stale one only shadows main
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.IP.Equal(net.IP(ip.AsSlice())) && isHost(r.Dst) && (r.Table == 0 || r.Table == unix.RT_TABLE_MAIN) {
+			return true
+		}
+	}
+	return false
 }
 
 func isHost(n *net.IPNet) bool { o, b := n.Mask.Size(); return o == b }
@@ -536,7 +584,10 @@ func setupIPVLAN(c Config, p parsed) (*Result, error) {
 
 // Teardown removes what Setup made, best effort and idempotently: missing
 // pieces are not errors. c.PodNS may be nil (namespace gone); c.Alloc may
-// be partial (unknown IP: rules are left to the caller's GC).
+// be partial (unknown IP: only what is named after the container goes).
+// What is keyed by the address alone goes only while c.Addr says the
+// address is still this attachment's: a late DEL must not cut off the pod
+// the address was given to since.
 func Teardown(c Config) error {
 	var errs []error
 	ip, _ := netip.ParseAddr(c.Alloc.IP)
@@ -565,21 +616,43 @@ func Teardown(c Config) error {
 		var errs []error
 		errs = append(errs, c.delLinkByName(hostName))
 		errs = append(errs, c.delLinkByName("ipvt"+strings.TrimPrefix(hostName, HostVethPrefix)))
-		if ip.IsValid() {
-			c.delRules(ip)
-			if c.Mode == api.ModeIPVLAN && c.Alloc.MAC != "" {
-				if parent, err := LinkByMAC(c.NL, c.Alloc.MAC); err == nil {
-					if slave, err := c.NL.LinkByName(IPVLANHostSlave(parent.Attrs().Index)); err == nil {
-						if err := c.NL.RouteDel(&netlink.Route{LinkIndex: slave.Attrs().Index, Dst: host32(ip), Scope: netlink.SCOPE_LINK}); err != nil && !IsNotFound(err) {
-							errs = append(errs, err)
-						}
-					}
-				}
+		// The egress rule names this attachment's host veth: it is ours
+		// whoever holds the address now.
+		c.delRulesWhere(func(r *netlink.Rule) bool { return r.Priority == PrioFromPod && r.IifName == hostName })
+		if !ip.IsValid() {
+			return errors.Join(errs...)
+		}
+		switch {
+		case c.Mode == api.ModeIPVLAN:
+			// The host slave's route names only the address.
+			if c.Addr == AddrOurs {
+				c.delRulesWhere(func(r *netlink.Rule) bool { return isToPod(r, ip) })
+				errs = append(errs, c.delIPVLANRoute(ip))
 			}
+		case c.Addr != AddrTaken && !c.routedElsewhere(ip):
+			c.delRulesWhere(func(r *netlink.Rule) bool { return isToPod(r, ip) })
 		}
 		return errors.Join(errs...)
 	}))
 	return errors.Join(errs...)
+}
+
+func (c *Config) delIPVLANRoute(ip netip.Addr) error {
+	if c.Alloc.MAC == "" {
+		return nil
+	}
+	parent, err := LinkByMAC(c.NL, c.Alloc.MAC)
+	if err != nil {
+		return nil
+	}
+	slave, err := c.NL.LinkByName(IPVLANHostSlave(parent.Attrs().Index))
+	if err != nil {
+		return nil
+	}
+	if err := c.NL.RouteDel(&netlink.Route{LinkIndex: slave.Attrs().Index, Dst: host32(ip), Scope: netlink.SCOPE_LINK}); err != nil && !IsNotFound(err) {
+		return fmt.Errorf("host route to %s on %s: %w", ip, slave.Attrs().Name, err)
+	}
+	return nil
 }
 
 func (c *Config) findExclusiveENI() (netlink.Link, error) {
@@ -622,7 +695,8 @@ func (c *Config) returnENI(l netlink.Link) error {
 	return nil
 }
 
-// Check verifies the pod's interface is as Setup left it.
+// Check verifies the pod's interface and its host side are as Setup left
+// them.
 func Check(c Config) error {
 	p, err := parse(c.Alloc)
 	if err != nil {
@@ -673,29 +747,63 @@ func Check(c Config) error {
 	}); err != nil {
 		return err
 	}
+	return c.HostNS.Do(func() error { return c.checkHost(p) })
+}
+
+// checkHost checks the host side of the mode: the link the node reaches
+// the pod through, up, with the route to the pod, and for veth the two
+// policy rules.
+func (c *Config) checkHost(p parsed) error {
+	hostName := HostIfName(c.ContainerID, c.IfName)
+	what := "host veth"
+	if c.Mode == api.ModeIPVLAN {
+		parent, err := LinkByMAC(c.NL, c.Alloc.MAC)
+		if err != nil {
+			return fmt.Errorf("ENI %s (MAC %s): %w", c.Alloc.ENIID, c.Alloc.MAC, err)
+		}
+		hostName, what = IPVLANHostSlave(parent.Attrs().Index), "host IPVLAN slave"
+	}
+	hl, err := c.NL.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, hostName, err)
+	}
+	if hl.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s %s is down", what, hostName)
+	}
+	routes, err := c.NL.RouteList(hl)
+	if err != nil {
+		return fmt.Errorf("routes of %s: %w", hostName, err)
+	}
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return r.Dst != nil && r.Dst.IP.Equal(net.IP(p.ip.AsSlice())) && isHost(r.Dst)
+	}) {
+		return fmt.Errorf("no host route to %s on %s", p.ip, hostName)
+	}
+	if c.Mode == api.ModeIPVLAN && c.NodeLocalDNS.IsValid() {
+		addrs, err := c.NL.AddrList(hl)
+		if err != nil {
+			return fmt.Errorf("addresses of %s: %w", hostName, err)
+		}
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.IP(c.NodeLocalDNS.AsSlice())) }) {
+			return fmt.Errorf("%s lacks the node-local DNS address %s", hostName, c.NodeLocalDNS)
+		}
+	}
 	if c.Mode != api.ModeVeth {
 		return nil
 	}
-	return c.HostNS.Do(func() error {
-		hostName := HostIfName(c.ContainerID, c.IfName)
-		hv, err := c.NL.LinkByName(hostName)
-		if err != nil {
-			return fmt.Errorf("host veth %s: %w", hostName, err)
-		}
-		if hv.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("host veth %s is down", hostName)
-		}
-		rules, err := c.NL.RuleList()
-		if err != nil {
-			return err
-		}
-		for _, r := range rules {
-			if r.Priority == PrioFromPod && r.Src != nil && r.Src.IP.Equal(net.IP(p.ip.AsSlice())) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no policy rule for %s's egress", p.ip)
-	})
+	rules, err := c.NL.RuleList()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isToPod(&r, p.ip) }) {
+		return fmt.Errorf("no policy rule to %s", p.ip)
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
+		return r.Priority == PrioFromPod && r.IifName == hostName && r.Src != nil && r.Src.IP.Equal(net.IP(p.ip.AsSlice()))
+	}) {
+		return fmt.Errorf("no policy rule for %s's egress from %s", p.ip, hostName)
+	}
+	return nil
 }
 
 // IPVLANSupported reports whether the kernel has the ipvlan driver. It asks

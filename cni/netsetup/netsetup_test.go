@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,6 +21,9 @@ type recorder struct {
 	calls []string
 	links map[string]map[string]netlink.Link // ns -> name -> link
 	next  int
+	// rules are the host's policy rules; routes what RouteList answers.
+	rules  []netlink.Rule
+	routes []netlink.Route
 }
 
 func newRecorder() *recorder {
@@ -82,7 +86,11 @@ func (r *recorder) LinkDel(l netlink.Link) error {
 	delete(r.links[r.ns], l.Attrs().Name)
 	return nil
 }
-func (r *recorder) LinkSetUp(l netlink.Link) error   { r.rec("up %s", l.Attrs().Name); return nil }
+func (r *recorder) LinkSetUp(l netlink.Link) error {
+	r.rec("up %s", l.Attrs().Name)
+	l.Attrs().Flags |= net.FlagUp
+	return nil
+}
 func (r *recorder) LinkSetDown(l netlink.Link) error { r.rec("down %s", l.Attrs().Name); return nil }
 func (r *recorder) LinkSetName(l netlink.Link, n string) error {
 	r.rec("rename %s %s", l.Attrs().Name, n)
@@ -120,13 +128,21 @@ func (r *recorder) RouteDel(rt *netlink.Route) error {
 	r.rec("route del %s", routeString(rt))
 	return nil
 }
-func (r *recorder) RouteList(netlink.Link) ([]netlink.Route, error) { return nil, nil }
+func (r *recorder) RouteList(netlink.Link) ([]netlink.Route, error) { return r.routes, nil }
+func ruleString(ru *netlink.Rule) string {
+	return fmt.Sprintf("prio %d from %v to %v iif %s table %d", ru.Priority, ru.Src, ru.Dst, ru.IifName, ru.Table)
+}
 func (r *recorder) RuleAdd(ru *netlink.Rule) error {
-	r.rec("rule prio %d from %v to %v iif %s table %d", ru.Priority, ru.Src, ru.Dst, ru.IifName, ru.Table)
+	r.rec("rule %s", ruleString(ru))
+	r.rules = append(r.rules, *ru)
 	return nil
 }
-func (r *recorder) RuleDel(*netlink.Rule) error       { return nil }
-func (r *recorder) RuleList() ([]netlink.Rule, error) { return nil, nil }
+func (r *recorder) RuleDel(ru *netlink.Rule) error {
+	r.rec("rule del %s", ruleString(ru))
+	r.rules = slices.DeleteFunc(r.rules, func(x netlink.Rule) bool { return ruleString(&x) == ruleString(ru) })
+	return nil
+}
+func (r *recorder) RuleList() ([]netlink.Rule, error) { return slices.Clone(r.rules), nil }
 func (r *recorder) NeighSet(n *netlink.Neigh) error {
 	r.rec("neigh %s %s", n.IP, n.HardwareAddr)
 	return nil
@@ -220,6 +236,117 @@ func TestVethSequence(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("veth sequence lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestTeardownOwner: a teardown removes what names its container (the host
+// veth, the egress rule on it) always, and what names only the address
+// (the rule to the pod, the IPVLAN host route) only while the address is
+// still its own: a late DEL must not cut off the pod it was given to since.
+func TestTeardownOwner(t *testing.T) {
+	ip := mustAddr("10.0.1.7")
+	hostB := HostIfName("ctr2", "eth0")
+	for _, tc := range []struct {
+		name     string
+		mode     api.Mode
+		owner    AddrOwner
+		routedB  bool // B's host veth routes the address
+		wantGone []string
+		wantKept []string
+	}{
+		{"veth ours", api.ModeVeth, AddrOurs, false, []string{"rule del prio 512", "rule del prio 2048 from 10.0.1.7/32 to <nil> iif " + HostIfName("ctr1", "eth0")}, nil},
+		{"veth taken", api.ModeVeth, AddrTaken, true, []string{"rule del prio 2048 from 10.0.1.7/32 to <nil> iif " + HostIfName("ctr1", "eth0")}, []string{"prio 512", "iif " + hostB}},
+		{"veth taken, no route seen", api.ModeVeth, AddrTaken, false, nil, []string{"prio 512", "iif " + hostB}},
+		{"veth unknown, B routed", api.ModeVeth, AddrUnknown, true, nil, []string{"prio 512", "iif " + hostB}},
+		{"veth unknown, nobody routed", api.ModeVeth, AddrUnknown, false, []string{"rule del prio 512"}, nil},
+		{"ipvlan ours", api.ModeIPVLAN, AddrOurs, false, []string{"host: route del 10.0.1.7/32 dev 12 scope link"}, nil},
+		{"ipvlan taken", api.ModeIPVLAN, AddrTaken, false, nil, nil},
+		{"ipvlan unknown", api.ModeIPVLAN, AddrUnknown, false, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRecorder()
+			c := cfg(r, tc.mode)
+			if _, err := Setup(c); err != nil {
+				t.Fatal(err)
+			}
+			if tc.mode == api.ModeVeth {
+				// Pod B's rules for the same address (its ADD came after A
+				// was released; A's namespace is gone).
+				to := netlink.NewRule()
+				to.Dst, to.Table, to.Priority = host32(ip), 254, PrioToPod
+				from := netlink.NewRule()
+				from.Src, from.IifName, from.Table, from.Priority = host32(ip), hostB, 1005, PrioFromPod
+				r.rules = []netlink.Rule{r.rules[1], *to, *from} // A's egress rule, B's two
+			}
+			if tc.routedB {
+				r.routes = []netlink.Route{{LinkIndex: 300, Dst: host32(ip), Table: 254}}
+			}
+			c.Addr, c.PodNS = tc.owner, nil
+			r.calls = nil
+			if err := Teardown(c); err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(r.calls, "\n")
+			for _, w := range tc.wantGone {
+				if !strings.Contains(got, w) {
+					t.Errorf("teardown lacks %q:\n%s", w, got)
+				}
+			}
+			if tc.mode == api.ModeIPVLAN && len(tc.wantGone) == 0 && strings.Contains(got, "route del") {
+				t.Errorf("teardown removed the host route of an address that is not its own:\n%s", got)
+			}
+			var left []string
+			for i := range r.rules {
+				left = append(left, ruleString(&r.rules[i]))
+			}
+			for _, w := range tc.wantKept {
+				if !strings.Contains(strings.Join(left, "\n"), w) {
+					t.Errorf("teardown removed %q; rules left:\n%s\ncalls:\n%s", w, strings.Join(left, "\n"), got)
+				}
+			}
+		})
+	}
+}
+
+// TestCheckHost: CHECK's host side per mode: the link to the pod up with
+// its route, and for veth both rules.
+func TestCheckHost(t *testing.T) {
+	for _, mode := range []api.Mode{api.ModeVeth, api.ModeExclusive, api.ModeIPVLAN} {
+		t.Run(string(mode), func(t *testing.T) {
+			r := newRecorder()
+			c := cfg(r, mode)
+			res, err := Setup(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, _ := parse(c.Alloc)
+			host, _ := r.links["host"][res.Host.Name]
+			r.routes = []netlink.Route{{LinkIndex: host.Attrs().Index, Dst: host32(p.ip), Table: 254}}
+			check := func() error { return c.HostNS.Do(func() error { return c.checkHost(p) }) }
+			if err := check(); err != nil {
+				t.Fatalf("CHECK after ADD: %v", err)
+			}
+			if mode == api.ModeVeth {
+				rules := r.rules
+				r.rules = rules[1:] // the rule to the pod gone
+				if err := check(); err == nil || !strings.Contains(err.Error(), "no policy rule to") {
+					t.Errorf("CHECK without the rule to the pod: %v", err)
+				}
+				r.rules = rules
+			}
+			r.routes = nil
+			if err := check(); err == nil || !strings.Contains(err.Error(), "no host route") {
+				t.Errorf("CHECK without the host route: %v", err)
+			}
+			host.Attrs().Flags &^= net.FlagUp
+			if err := check(); err == nil || !strings.Contains(err.Error(), "is down") {
+				t.Errorf("CHECK with the host link down: %v", err)
+			}
+			delete(r.links["host"], res.Host.Name)
+			if err := check(); err == nil {
+				t.Error("CHECK without the host link succeeded")
+			}
+		})
 	}
 }
 

@@ -242,16 +242,23 @@ func cmdDel(args *skel.CmdArgs) error {
 	cl := api.NewClient(conf.AgentSocket)
 	key := api.Key{ContainerID: args.ContainerID, IfName: args.IfName}
 	alloc, gerr := cl.Get(ctx, key)
-	if gerr != nil && !errors.Is(gerr, api.ErrNotFound) {
+	owner := netsetup.AddrOurs
+	switch {
+	case gerr == nil:
+	case errors.Is(gerr, api.ErrNotFound):
+		// Released already (an earlier DEL, GC, the leak loop): the
+		// prevResult's address may be another pod's by now.
+		alloc = &api.Allocation{Key: key, Mode: conf.Mode, IP: prevIP(conf)}
+		if alloc.IP != "" {
+			owner = addrOwner(ctx, cl, key, alloc.IP)
+		}
+	default:
 		// The agent is down: undo the namespace side anyway, then ask the
 		// runtime to retry so that the address is released too.
-		_ = teardown(conf, args, &api.Allocation{Key: key, Mode: conf.Mode, IP: prevIP(conf)})
+		_ = teardown(conf, args, &api.Allocation{Key: key, Mode: conf.Mode, IP: prevIP(conf)}, netsetup.AddrUnknown)
 		return agentErr("looking up the allocation", conf.AgentSocket, gerr)
 	}
-	if alloc == nil {
-		alloc = &api.Allocation{Key: key, Mode: conf.Mode, IP: prevIP(conf)}
-	}
-	terr := teardown(conf, args, alloc)
+	terr := teardown(conf, args, alloc, owner)
 	if _, err := cl.Release(ctx, key); err != nil {
 		return agentErr("releasing the address", conf.AgentSocket, err)
 	}
@@ -261,7 +268,22 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
-func teardown(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation) error {
+// addrOwner asks the agent whether ip, no longer held under key, belongs
+// to another attachment now.
+func addrOwner(ctx context.Context, cl *api.Client, key api.Key, ip string) netsetup.AddrOwner {
+	a, err := cl.Owner(ctx, ip)
+	switch {
+	case errors.Is(err, api.ErrNotFound):
+		return netsetup.AddrOurs
+	case err != nil:
+		return netsetup.AddrUnknown
+	case a.Key != key:
+		return netsetup.AddrTaken
+	}
+	return netsetup.AddrOurs
+}
+
+func teardown(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation, owner netsetup.AddrOwner) error {
 	podNS, closePod, err := openPodNS(args.Netns)
 	if err != nil {
 		return err
@@ -277,7 +299,7 @@ func teardown(conf *NetConf, args *skel.CmdArgs, alloc *api.Allocation) error {
 		mode = conf.Mode
 	}
 	return netsetup.Teardown(netsetup.Config{Mode: mode, IfName: args.IfName, ContainerID: args.ContainerID, Alloc: *alloc,
-		NodeLocalDNS: conf.nodeLocalDNS, HostNS: hostNS, PodNS: podNS, NL: netsetup.Kernel{}})
+		NodeLocalDNS: conf.nodeLocalDNS, HostNS: hostNS, PodNS: podNS, NL: netsetup.Kernel{}, Addr: owner})
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
