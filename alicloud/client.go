@@ -254,12 +254,9 @@ func NewClient[C SDKClient](cfg ClientConfig, newClient func(*sdk.Config) (C, er
 		cfg.ConnectTimeout = 5 * time.Second
 	}
 	c := &Client[C]{Invoker: NewInvoker(cfg.Config), newClient: newClient, pool: make(chan C, cfg.Pool), scheme: "HTTPS", cc: cfg}
-	if cfg.Endpoint != "" {
-		u, err := url.Parse(cfg.Endpoint)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return nil, fmt.Errorf("endpoint %q: want http(s)://HOST[:PORT]", cfg.Endpoint)
-		}
-		c.host, c.scheme = u.Host, strings.ToUpper(u.Scheme)
+	var err error
+	if c.host, c.scheme, err = EndpointHost(cfg.Endpoint); err != nil {
+		return nil, err
 	}
 	first, err := c.get()
 	if err != nil {
@@ -315,4 +312,18 @@ func (c *Client[C]) CallRetry(ctx context.Context, action string, write bool, r 
 		defer c.put(cl)
 		return FromSDK(c.cc.Product, action, c.host, fn(cl))
 	})
+}
+
+// EndpointHost splits an endpoint URL into the host[:port] an SDK client's
+// Domain takes and the request scheme ("HTTP"/"HTTPS"); "" gives "" and
+// "HTTPS" (the SDK's regional endpoint).
+func EndpointHost(endpoint string) (host, scheme string, err error) {
+	if endpoint == "" {
+		return "", "HTTPS", nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return "", "", fmt.Errorf("endpoint %q: want http(s)://HOST[:PORT]", endpoint)
+	}
+	return u.Host, strings.ToUpper(u.Scheme), nil
 }

@@ -104,6 +104,10 @@ func New(cfg Config) (*Provider, error) {
 		burst = max(1, int(cfg.QPS/10))
 	}
 	p := &Provider{cfg: cfg, creds: cfg.Credential, log: cfg.Logger, zoneToken: map[string]string{}, created: map[string]bool{}}
+	host, _, err := alicloud.EndpointHost(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
 	core, err := alicloud.NewClient(alicloud.ClientConfig{
 		Config: alicloud.Config{Product: "pvtz",
 			Writes: alicloud.Limit{QPS: cfg.QPS, Burst: burst}, Reads: alicloud.Limit{QPS: cfg.ReadQPS},
@@ -115,7 +119,7 @@ func New(cfg Config) (*Provider, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.Domain = hostOf(cfg.Endpoint)
+		c.Domain = host
 		return c, nil
 	})
 	if err != nil {
@@ -123,14 +127,6 @@ func New(cfg Config) (*Provider, error) {
 	}
 	p.core = core
 	return p, nil
-}
-
-func hostOf(endpoint string) string {
-	s := endpoint[strings.Index(endpoint, "://")+3:]
-	if i := strings.IndexByte(s, '/'); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }
 
 // DryRun reports whether writes are skipped.
