@@ -77,6 +77,8 @@ type Config struct {
 	Rand func() float64
 	// LogCapacity bounds the in-memory request log (default 1,000,000).
 	LogCapacity int
+	// Faults are scripted faults in place from the start (AddFaultRules).
+	Faults []FaultRule
 }
 
 // Server is the OpenAPI emulator's HTTP handler.
@@ -138,6 +140,13 @@ func New(cfg Config) *Server {
 	}
 	for _, c := range cfg.Credentials {
 		s.creds[c.AccessKeyID] = c
+	}
+	for _, r := range cfg.Faults {
+		if err := r.normalize(); err != nil {
+			s.log.Error("fault rule ignored", "err", err)
+			continue
+		}
+		s.rules = append(s.rules, r)
 	}
 	s.mux.HandleFunc("/_emulator/requests", s.serveRequests)
 	s.mux.HandleFunc("/_emulator/stats", s.serveStats)
