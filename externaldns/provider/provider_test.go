@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -302,4 +304,46 @@ func TestCreateZoneAdoptsOnlyOurs(t *testing.T) {
 	if zs := zonesNamed(t, p, "adopt.internal"); len(zs) != 2 {
 		t.Fatalf("zones: %+v", zs)
 	}
+}
+
+// Errors never show the credential (issue #21 item 3): a transport error
+// (its *url.Error holds the signed URL: AccessKeyId, Signature,
+// SecurityToken) and SignatureDoesNotMatch (the string to sign) are
+// redacted; a credential error names the key id masked.
+func TestErrorsHideCredentials(t *testing.T) {
+	const keyID, secret, token = "STS.NProviderKeyId0042", "provider-secret", "CAISprov+token/value=="
+	e := pvtztest.Start(t, openapi.Config{Credentials: []openapi.Credential{{AccessKeyID: keyID, AccessKeySecret: secret, SecurityToken: token}}})
+	leaks := []string{keyID, secret, token, url.QueryEscape(token), url.QueryEscape(url.QueryEscape(token)), "Signature="}
+	check := func(what string, err error) {
+		t.Helper()
+		for x := err; x != nil; x = errors.Unwrap(x) {
+			for _, leak := range leaks {
+				if strings.Contains(x.Error(), leak) {
+					t.Errorf("%s: error shows %q: %v", what, leak, x)
+				}
+			}
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			t.Errorf("%s: *url.Error reachable", what)
+		}
+	}
+	p := newProvider(t, e, func(c *Config) {
+		c.Credential = credentials.NewStaticSTSCredentialsProvider(keyID, secret, token)
+		c.MaxAttempts = 2
+	})
+	if err := e.Server.AddFaultRules(openapi.FaultRule{Action: "DescribeZones", Fault: openapi.FaultDropBefore, Times: 2}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.Zones(context.Background(), "", "")
+	if err == nil || !strings.Contains(err.Error(), "DescribeZones") {
+		t.Fatalf("two drops, two attempts: %v", err)
+	}
+	check("dropped connection", err)
+	bad := newProvider(t, e, func(c *Config) { c.Credential = credentials.NewStaticSTSCredentialsProvider(keyID, "wrong", token) })
+	_, err = bad.Zones(context.Background(), "", "")
+	if !IsCredentialError(err) || Code(err) != "SignatureDoesNotMatch" || !strings.Contains(err.Error(), "STS.…042") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	check("SignatureDoesNotMatch", err)
 }
