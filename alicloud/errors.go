@@ -212,28 +212,28 @@ func FromSDK(product, action, host string, err error) error {
 			HTTPStatus: status, Kind: Classify(code, status)}
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(stripURL(err))}
+		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(err)}
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		if u, perr := url.Parse(ue.URL); perr == nil && u.Host != "" {
 			host = u.Host
 		}
-		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(stripURL(ue.Err))}
+		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(ue.Err)}
 	}
 	var ce *sdkerrors.ClientError
 	if errors.As(err, &ce) {
 		cause := ce.OriginError()
 		switch {
 		case ce.ErrorCode() == sdkerrors.TimeoutErrorCode || cause != nil && isTransport(cause):
-			return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(stripURL(orErr(cause, err)))}
+			return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(orErr(cause, err))}
 		case strings.Contains(strings.ToLower(ce.Message()), "credential"):
 			return &Error{Product: product, Action: action, Kind: KindCredential, Err: Redact(err)}
 		}
 		return &Error{Product: product, Action: action, Kind: KindOther, Err: Redact(err)}
 	}
 	if isTransport(err) {
-		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(stripURL(err))}
+		return &Error{Product: product, Action: action, Kind: KindTransport, Host: host, Err: Redact(err)}
 	}
 	// The credential chain found nothing usable (no call was made).
 	if strings.Contains(strings.ToLower(err.Error()), "credential") {

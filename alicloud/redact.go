@@ -39,9 +39,6 @@ func Redact(err error) error {
 	return &redacted{msg: scrub(err.Error()), kids: kids}
 }
 
-// stripURL is Redact for a transport cause.
-func stripURL(err error) error { return Redact(err) }
-
 func errText(err error) string {
 	if err == nil {
 		return "<nil>"
@@ -102,14 +99,16 @@ func scrub(s string) string {
 	for _, k := range secretKeys {
 		s = scrubParam(s, k)
 	}
-	if i := strings.Index(s, "string to sign is:"); i >= 0 {
+	const marker = "string to sign is:"
+	if i := strings.Index(s, marker); i >= 0 {
 		// SignatureDoesNotMatch: the server's string to sign is the whole
-		// signed query, percent-encoded.
-		end := len(s)
-		if j := strings.IndexAny(s[i:], " \n\"'"); j > 0 && i+j > i+len("string to sign is:") {
-			end = i + j
+		// signed query, percent-encoded; it ends at the next blank or quote.
+		rest := s[i+len(marker):]
+		end := len(rest)
+		if j := strings.IndexAny(rest, " \t\n\"'"); j >= 0 {
+			end = j
 		}
-		s = s[:i] + "string to sign is:" + Redacted + s[end:]
+		s = s[:i] + marker + Redacted + rest[end:]
 	}
 	return s
 }
