@@ -92,7 +92,7 @@ func TestNoCredentialsInLogsMetricsOrEvents(t *testing.T) {
 
 	// A wrong secret: SignatureDoesNotMatch, whose message holds the
 	// server's string to sign.
-	bad := f.start("pvtz-sync", append(f.env(leakKeyID, "wrong-secret"), "ALIBABA_CLOUD_SECURITY_TOKEN="+leakToken), f.syncArgs("--once")...)
+	bad := f.start("pvtz-sync", append(f.env(leakKeyID, "wrong-secret"), "ALIBABA_CLOUD_SECURITY_TOKEN="+leakToken), f.syncArgs("--policy", "sync", "--once")...)
 	if c := bad.wait(t, 60*time.Second); c != 2 || !strings.Contains(bad.stderr.String(), "SignatureDoesNotMatch") {
 		t.Fatalf("wrong secret: exit %d\n%s", c, bad.stderr.String())
 	}
