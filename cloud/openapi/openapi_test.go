@@ -339,3 +339,24 @@ func FuzzServeRPC(f *testing.F) {
 		}
 	})
 }
+
+func TestParseFaultRule(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want openapi.FaultRule
+		bad  bool
+	}{
+		{in: "AddZone=drop-after", want: openapi.FaultRule{Action: "AddZone", Fault: openapi.FaultDropAfter, Times: 1}},
+		{in: "BindZoneVpc=error:Forbidden.RAM*3", want: openapi.FaultRule{Action: "BindZoneVpc", Fault: openapi.FaultError, Code: "Forbidden.RAM", HTTPStatus: 403, Message: "Injected fault Forbidden.RAM.", Times: 3}},
+		{in: "X=error:Zone.Invalid:400*2", want: openapi.FaultRule{Action: "X", Fault: openapi.FaultError, Code: "Zone.Invalid", HTTPStatus: 400, Message: "Injected fault Zone.Invalid.", Times: 2}},
+		{in: "X=error", bad: true},
+		{in: "X=boom", bad: true},
+		{in: "X=drop-after*0", bad: true},
+		{in: "drop-after", bad: true},
+	} {
+		got, err := openapi.ParseFaultRule(tc.in)
+		if (err != nil) != tc.bad || !tc.bad && got != tc.want {
+			t.Errorf("%s: %+v %v", tc.in, got, err)
+		}
+	}
+}

@@ -77,6 +77,8 @@ type Config struct {
 	Rand func() float64
 	// LogCapacity bounds the in-memory request log (default 1,000,000).
 	LogCapacity int
+	// Faults are scripted faults in place from the start (AddFaultRules).
+	Faults []FaultRule
 }
 
 // Server is the OpenAPI emulator's HTTP handler.
@@ -95,6 +97,7 @@ type Server struct {
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
+	rules    []FaultRule // scripted faults (limMu)
 
 	reqLog *requestLog
 
@@ -138,8 +141,16 @@ func New(cfg Config) *Server {
 	for _, c := range cfg.Credentials {
 		s.creds[c.AccessKeyID] = c
 	}
+	for _, r := range cfg.Faults {
+		if err := r.normalize(); err != nil {
+			s.log.Error("fault rule ignored", "err", err)
+			continue
+		}
+		s.rules = append(s.rules, r)
+	}
 	s.mux.HandleFunc("/_emulator/requests", s.serveRequests)
 	s.mux.HandleFunc("/_emulator/stats", s.serveStats)
+	s.mux.HandleFunc("/_emulator/faults", s.serveFaults)
 	s.mux.HandleFunc("/_emulator/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	s.mux.HandleFunc("/", s.serveRPC)
 	go s.persistLoop()
@@ -333,7 +344,14 @@ func (s *Server) serveRPC(w http.ResponseWriter, hr *http.Request) {
 	// Faults: 503 or a dropped connection, before or after the action ran
 	// (after = the change happened but the client never learns it).
 	fault := ""
-	if fr := s.faultRate(); fr > 0 && s.cfg.Rand() < fr {
+	if rule := s.takeRule(req.Action); rule != nil {
+		if rule.Fault == FaultError {
+			ent.Fault = "error"
+			fail(Errorf(rule.HTTPStatus, rule.Code, "%s", rule.Message))
+			return
+		}
+		fault = rule.Fault
+	} else if fr := s.faultRate(); fr > 0 && s.cfg.Rand() < fr {
 		fault = [...]string{"503-before", "drop-before", "503-after", "drop-after"}[int(s.cfg.Rand()*4)%4]
 	}
 	ent.Fault = fault

@@ -25,6 +25,7 @@ func Register(srv *openapi.Server, st *Store) error {
 			"AddZone":             w(st.addZone),
 			"DeleteZone":          w(st.deleteZone),
 			"BindZoneVpc":         w(st.bindZoneVpc),
+			"UpdateZoneRemark":    w(st.updateZoneRemark),
 			"DescribeZoneRecords": a(st.describeZoneRecords),
 			"AddZoneRecord":       w(st.addZoneRecord),
 			"UpdateZoneRecord":    w(st.updateZoneRecord),
@@ -314,12 +315,35 @@ func (s *Store) addZone(_ context.Context, r *openapi.Request) (any, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// ClientToken: a repeat (a retry after a lost answer) is answered with
+	// the zone the first call made; the same token for another name is an
+	// error, as on every Alibaba Cloud API with idempotency.
+	tokKey := ""
+	if tok := r.Get("ClientToken"); tok != "" {
+		if len(tok) > 64 {
+			return nil, openapi.InvalidParameter("ClientToken", tok)
+		}
+		tokKey = r.AccessKeyID + "\x00" + tok
+		if t, ok := s.tokens[tokKey]; ok {
+			if t.Name != name {
+				return nil, openapi.Errorf(http.StatusBadRequest, "IdempotentParameterMismatch", "The request uses the same client token %q as a previous, but non-identical request.", tok)
+			}
+			return struct {
+				ZoneId   string `json:"ZoneId" xml:"ZoneId"`
+				ZoneName string `json:"ZoneName" xml:"ZoneName"`
+				Success  bool   `json:"Success" xml:"Success"`
+			}{t.ZoneID, name, true}, nil
+		}
+	}
 	now := s.now().UnixMilli()
 	z := &Zone{ZoneId: newZoneID(), ZoneName: name, ProxyPattern: pp, ZoneType: zt, ResourceGroupId: r.Get("ResourceGroupId"),
 		CreateTimestamp: now, UpdateTimestamp: now, Records: map[int64]*Record{}}
 	s.zones[z.ZoneId] = z
 	s.zoneOrder = append(s.zoneOrder, z.ZoneId)
 	s.addLog(z, "PV_ZONE", z.ZoneId, name, "ADD", "zone "+name, r.RemoteAddr, r.AccessKeyID)
+	if tokKey != "" {
+		s.tokens[tokKey] = zoneToken{ZoneID: z.ZoneId, Name: name}
+	}
 	return struct {
 		ZoneId   string `json:"ZoneId" xml:"ZoneId"`
 		ZoneName string `json:"ZoneName" xml:"ZoneName"`
@@ -400,6 +424,26 @@ func (s *Store) bindZoneVpc(_ context.Context, r *openapi.Request) (any, error) 
 	z.UpdateTimestamp = s.now().UnixMilli()
 	s.addLog(z, "PV_ZONE", z.ZoneId, z.ZoneName, "BIND", fmt.Sprintf("vpcs %v", ids), r.RemoteAddr, r.AccessKeyID)
 	return struct{}{}, nil
+}
+
+// updateZoneRemark sets a zone's Remark (≤ 50 characters; empty clears it).
+func (s *Store) updateZoneRemark(_ context.Context, r *openapi.Request) (any, error) {
+	remark := r.Get("Remark")
+	if len(remark) > MaxRemarkLen {
+		return nil, openapi.Errorf(http.StatusBadRequest, "Zone.Remark", "Remark is longer than %d characters.", MaxRemarkLen)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	z, err := s.zone(r)
+	if err != nil {
+		return nil, err
+	}
+	z.Remark = remark
+	z.UpdateTimestamp = s.now().UnixMilli()
+	s.addLog(z, "PV_ZONE", z.ZoneId, z.ZoneName, "UPDATE", "remark "+remark, r.RemoteAddr, r.AccessKeyID)
+	return struct {
+		ZoneId string `json:"ZoneId" xml:"ZoneId"`
+	}{z.ZoneId}, nil
 }
 
 // ---- records ----

@@ -506,3 +506,72 @@ func TestDNS(t *testing.T) {
 		t.Fatalf("outside: %v", r)
 	}
 }
+
+// AddZone with a ClientToken: a repeat answers with the zone the first
+// call made (a retry after a lost answer adds nothing); the same token for
+// another name is IdempotentParameterMismatch. UpdateZoneRemark sets the
+// Remark DescribeZones shows.
+func TestAddZoneClientTokenAndRemark(t *testing.T) {
+	e := start(t, openapi.Config{})
+	add := func(name, tok string) (string, error) {
+		req := sdkpvtz.CreateAddZoneRequest()
+		req.Scheme = "HTTP"
+		req.ZoneName, req.ClientToken = name, tok
+		resp, err := e.client.AddZone(req)
+		if err != nil {
+			return "", err
+		}
+		return resp.ZoneId, nil
+	}
+	// The first answer is dropped after the zone was made.
+	if err := e.srv.AddFaultRules(openapi.FaultRule{Action: "AddZone", Fault: openapi.FaultDropAfter}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := add("tok.internal", "tok-1"); err == nil {
+		t.Fatal("dropped answer came back")
+	}
+	id, err := add("tok.internal", "tok-1")
+	if err != nil || id == "" {
+		t.Fatalf("repeat: %q %v", id, err)
+	}
+	if _, err := add("other.internal", "tok-1"); code(err) != "IdempotentParameterMismatch" {
+		t.Fatalf("token reused for another name: %v", err)
+	}
+	dz := sdkpvtz.CreateDescribeZonesRequest()
+	dz.Scheme = "HTTP"
+	dz.Keyword = "tok.internal"
+	zs, err := e.client.DescribeZones(dz)
+	if err != nil || len(zs.Zones.Zone) != 1 || zs.Zones.Zone[0].ZoneId != id {
+		t.Fatalf("zones after a lost answer and its repeat: %+v %v", zs, err)
+	}
+	ur := sdkpvtz.CreateUpdateZoneRemarkRequest()
+	ur.Scheme = "HTTP"
+	ur.ZoneId, ur.Remark = id, "made by test"
+	if _, err := e.client.UpdateZoneRemark(ur); err != nil {
+		t.Fatal(err)
+	}
+	ur.Remark = strings.Repeat("x", 51)
+	if _, err := e.client.UpdateZoneRemark(ur); code(err) != "Zone.Remark" {
+		t.Fatalf("long remark: %v", err)
+	}
+	zs, err = e.client.DescribeZones(dz)
+	if err != nil || zs.Zones.Zone[0].Remark != "made by test" {
+		t.Fatalf("remark: %+v %v", zs, err)
+	}
+	// A scripted API error, then the action works again.
+	if err := e.srv.AddFaultRules(openapi.FaultRule{Action: "BindZoneVpc", Fault: openapi.FaultError, Code: "Forbidden.RAM", Times: 2}); err != nil {
+		t.Fatal(err)
+	}
+	b := sdkpvtz.CreateBindZoneVpcRequest()
+	b.Scheme = "HTTP"
+	b.ZoneId = id
+	b.Vpcs = &[]sdkpvtz.BindZoneVpcVpcs{{RegionId: "cn-hangzhou", VpcId: "vpc-1"}}
+	for i := range 2 {
+		if _, err := e.client.BindZoneVpc(b); code(err) != "Forbidden.RAM" {
+			t.Fatalf("bind %d: %v", i, err)
+		}
+	}
+	if _, err := e.client.BindZoneVpc(b); err != nil {
+		t.Fatalf("bind after the scripted faults: %v", err)
+	}
+}

@@ -83,11 +83,16 @@ type Store struct {
 	nextLog    int64
 	logs       []ChangeLog
 	now        func() time.Time
+	// tokens: AddZone's ClientToken (per key id) → the zone it made and
+	// the name asked for; a repeat answers with that zone.
+	tokens map[string]zoneToken
 }
+
+type zoneToken struct{ ZoneID, Name string }
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{zones: map[string]*Zone{}, nextRecord: 1_000_000_000, nextLog: 1, now: time.Now}
+	return &Store{zones: map[string]*Zone{}, tokens: map[string]zoneToken{}, nextRecord: 1_000_000_000, nextLog: 1, now: time.Now}
 }
 
 func newZoneID() string {
@@ -145,13 +150,14 @@ type snapshot struct {
 	NextRecord int64
 	NextLog    int64
 	Logs       []ChangeLog
+	Tokens     map[string]zoneToken `json:",omitempty"`
 }
 
 // Snapshot implements openapi.Stateful.
 func (s *Store) Snapshot() (json.RawMessage, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	snap := snapshot{Records: map[string][]*Record{}, NextRecord: s.nextRecord, NextLog: s.nextLog, Logs: s.logs}
+	snap := snapshot{Records: map[string][]*Record{}, NextRecord: s.nextRecord, NextLog: s.nextLog, Logs: s.logs, Tokens: s.tokens}
 	for _, id := range s.zoneOrder {
 		z := s.zones[id]
 		snap.Zones = append(snap.Zones, z)
@@ -186,5 +192,9 @@ func (s *Store) Restore(raw json.RawMessage) error {
 		s.zoneOrder = append(s.zoneOrder, z.ZoneId)
 	}
 	s.nextRecord, s.nextLog, s.logs = max(snap.NextRecord, 1), max(snap.NextLog, 1), snap.Logs
+	s.tokens = snap.Tokens
+	if s.tokens == nil {
+		s.tokens = map[string]zoneToken{}
+	}
 	return nil
 }

@@ -39,6 +39,8 @@ func main() {
 	faultRate := fs.Float64("fault-rate", 0, "fraction (0..1) of requests answered with 503 ServiceUnavailable or a dropped connection, before or after the action ran")
 	latency := fs.Duration("latency", 0, "DURATION added to every API request")
 	localENIs := fs.Bool("local-enis", false, "ECS: an attached ENI becomes a kernel interface in this namespace (a veth into a \"vpc\" namespace routing the vSwitches); needs root")
+	faults := fs.StringArray("fault", nil, "ACTION=FAULT[:CODE[:HTTP]][*N]: script the next N requests of ACTION (repeatable; FAULT: 503-before, drop-before, 503-after, drop-after, error), e.g. BindZoneVpc=error:Forbidden.RAM:403*3")
+	stsToken := fs.String("security-token", "", "accept the key only with this STS SecurityToken (as an STS credential)")
 	reqLog := fs.String("request-log", "", "FILE to append the request log to as JSON lines (always readable at GET /_emulator/requests; no secrets)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: cloud-emulator [flags]\n\n"+
@@ -78,10 +80,20 @@ func main() {
 		logOut = f
 	}
 	srv := openapi.New(openapi.Config{
-		Credentials: []openapi.Credential{{AccessKeyID: *keyID, AccessKeySecret: *keySecret}},
+		Credentials: []openapi.Credential{{AccessKeyID: *keyID, AccessKeySecret: *keySecret, SecurityToken: *stsToken}},
 		StateFile:   *state, ThrottleQPS: *throttle, ThrottleRate: *throttleRate, FaultRate: *faultRate, Latency: *latency,
 		RequestLog: logOut, Logger: log,
 	})
+	for _, f := range *faults {
+		r, err := openapi.ParseFaultRule(f)
+		if err == nil {
+			err = srv.AddFaultRules(r)
+		}
+		if err != nil {
+			log.Error("invalid configuration", "err", "--fault: "+err.Error())
+			os.Exit(2)
+		}
+	}
 	store := pvtz.NewStore()
 	var ecsStore *ecs.Store
 	// Products: one registration line each.

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/dnsaccel/dnsaccel/alicloud"
 	"github.com/dnsaccel/dnsaccel/externaldns/controller"
 	"github.com/dnsaccel/dnsaccel/externaldns/plan"
 	"github.com/dnsaccel/dnsaccel/externaldns/provider"
@@ -178,7 +179,7 @@ func run() int {
 
 	log.Info("starting", "zone", *zone, "vpc", *vpcID, "endpoint", *endpointURL, "owner_id", *owner, "policy", string(pol),
 		"source", *sources, "namespace", *namespace, "qps", *qps, "workers", *workers, "interval", interval.String(),
-		"dry_run", *dryRun, "once", *once, "access_key_id", prov.AccessKeyID())
+		"dry_run", *dryRun, "once", *once, "access_key_id", alicloud.MaskKeyID(prov.AccessKeyID()))
 	err = ctl.Run(ctx, *once)
 	switch {
 	case err == nil:

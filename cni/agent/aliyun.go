@@ -7,27 +7,28 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk"
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/auth"
-	sdkerrors "github.com/aliyun/alibaba-cloud-sdk-go/sdk/errors"
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/requests"
 	"github.com/aliyun/alibaba-cloud-sdk-go/services/ecs"
+
+	"github.com/dnsaccel/dnsaccel/alicloud"
 )
 
-// ECS is Cloud through the Alibaba Cloud SDK (services/ecs, 2014-05-26).
-// An SDK client is not safe for concurrent calls (it sets its HTTP
-// client's timeout on every request), so ECS keeps a few and gives each
-// call its own.
+// ECS is Cloud through the Alibaba Cloud SDK (services/ecs, 2014-05-26)
+// on the shared client core (alicloud): a pool of SDK clients (one per
+// call in flight), errors classified and redacted (never the signed URL,
+// the AccessKeyId, the Signature or an STS SecurityToken: they end up in
+// logs, Events and CNI errors). ECS itself makes one attempt per call:
+// Limited adds the rate limits and retries.
 type ECS struct {
-	clients chan *ecs.Client
-	scheme  string
+	c *alicloud.Client[*ecs.Client]
 }
 
-// sdkClients is how many calls ECS runs at once: the pool's refills
+// sdkClients is how many SDK clients ECS keeps: the pool's refills
 // (PoolConfig.MaxRefills) plus a delete.
 const sdkClients = 4
 
@@ -35,72 +36,38 @@ const sdkClients = 4
 // regional endpoint) overrides the API host, e.g. http://127.0.0.1:8380
 // for the emulator.
 func NewECS(region, endpoint string, cred auth.Credential) (*ECS, error) {
-	e := &ECS{clients: make(chan *ecs.Client, sdkClients), scheme: "HTTPS"}
-	host := ""
-	if endpoint != "" {
-		u, err := url.Parse(endpoint)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return nil, fmt.Errorf("--endpoint %q: want http(s)://HOST[:PORT]", endpoint)
-		}
-		host, e.scheme = u.Host, strings.ToUpper(u.Scheme)
+	host, _, err := alicloud.EndpointHost(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("--endpoint: %w", err)
 	}
-	for range sdkClients {
-		c, err := ecs.NewClientWithOptions(region, sdk.NewConfig(), cred)
+	c, err := alicloud.NewClient(alicloud.ClientConfig{
+		Config:   alicloud.Config{Product: "ecs", Retry: alicloud.Retry{Attempts: 1}},
+		Endpoint: endpoint, Pool: sdkClients, ReadTimeout: 30 * time.Second, ConnectTimeout: 5 * time.Second,
+	}, func(sc *sdk.Config) (*ecs.Client, error) {
+		c, err := ecs.NewClientWithOptions(region, sc, cred)
 		if err != nil {
-			return nil, fmt.Errorf("ecs client: %w", err)
+			return nil, err
 		}
 		if host != "" {
 			c.Domain = host
 		}
-		c.SetReadTimeout(30 * time.Second)
-		c.SetConnectTimeout(5 * time.Second)
-		e.clients <- c
+		return c, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ecs client: %w", err)
 	}
-	return e, nil
+	return &ECS{c: c}, nil
 }
 
 // call runs one SDK call (a method expression such as
-// (*ecs.Client).DeleteNetworkInterface) on a client of its own, with the
-// configured scheme.
-func call[Q interface{ SetScheme(string) }, R any](e *ECS, f func(*ecs.Client, Q) (R, error), req Q) (R, error) {
-	req.SetScheme(e.scheme)
-	c := <-e.clients
-	defer func() { e.clients <- c }()
-	return f(c, req)
+// (*ecs.Client).DeleteNetworkInterface) on a pooled client, with the
+// endpoint's scheme; errors are *alicloud.Error (= *CloudError).
+func call[Q interface{ SetScheme(string) }, R any](e *ECS, action string, f func(*ecs.Client, Q) (R, error), req Q) (R, error) {
+	req.SetScheme(e.c.Scheme())
+	var resp R
+	err := e.c.Call(context.Background(), action, false, func(c *ecs.Client) (err error) { resp, err = f(c, req); return })
+	return resp, err
 }
-
-// wrap turns SDK errors into *CloudError. A transport error keeps its
-// cause but loses the request URL: the SDK signs in the query string, so
-// the URL holds the AccessKeyId, the Signature and any STS SecurityToken,
-// and these errors are logged and shown in Events and CNI errors.
-func wrap(action string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var se *sdkerrors.ServerError
-	if errors.As(err, &se) {
-		return &CloudError{Action: action, Code: se.ErrorCode(), Message: se.Message(), HTTP: se.HttpStatus()}
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		host := ue.URL
-		if u, perr := url.Parse(ue.URL); perr == nil {
-			host = u.Host
-		}
-		return &transportError{action: action, host: host, err: ue.Err}
-	}
-	return fmt.Errorf("%s: %w", action, err)
-}
-
-// transportError is a request that got no answer (connection refused,
-// reset, timeout); Unwrap gives the cause (net.Error, io.EOF, ...).
-type transportError struct {
-	action, host string
-	err          error
-}
-
-func (e *transportError) Error() string { return fmt.Sprintf("%s to %s: %v", e.action, e.host, e.err) }
-func (e *transportError) Unwrap() error { return e.err }
 
 func parseAddrs(ss []string) []netip.Addr {
 	out := make([]netip.Addr, 0, len(ss))
@@ -125,9 +92,9 @@ func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 	req.Description = "dnsaccel eni-agent"
 	req.ClientToken = r.Token
 	req.SourceDestCheck = requests.NewBoolean(false)
-	resp, err := call(e, (*ecs.Client).CreateNetworkInterface, req)
+	resp, err := call(e, "CreateNetworkInterface", (*ecs.Client).CreateNetworkInterface, req)
 	if err != nil {
-		return nil, wrap("CreateNetworkInterface", err)
+		return nil, err
 	}
 	eni := &ENI{ID: resp.NetworkInterfaceId, MAC: resp.MacAddress, VSwitchID: resp.VSwitchId, Status: resp.Status, Name: resp.NetworkInterfaceName, Type: resp.Type}
 	eni.Primary, _ = netip.ParseAddr(resp.PrivateIpAddress)
@@ -143,24 +110,24 @@ func (e *ECS) CreateENI(_ context.Context, r CreateENIRequest) (*ENI, error) {
 func (e *ECS) AttachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateAttachNetworkInterfaceRequest()
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	_, err := call(e, (*ecs.Client).AttachNetworkInterface, req)
-	return wrap("AttachNetworkInterface", err)
+	_, err := call(e, "AttachNetworkInterface", (*ecs.Client).AttachNetworkInterface, req)
+	return err
 }
 
 // DetachENI implements Cloud.
 func (e *ECS) DetachENI(_ context.Context, eniID, instanceID string) error {
 	req := ecs.CreateDetachNetworkInterfaceRequest()
 	req.NetworkInterfaceId, req.InstanceId = eniID, instanceID
-	_, err := call(e, (*ecs.Client).DetachNetworkInterface, req)
-	return wrap("DetachNetworkInterface", err)
+	_, err := call(e, "DetachNetworkInterface", (*ecs.Client).DetachNetworkInterface, req)
+	return err
 }
 
 // DeleteENI implements Cloud.
 func (e *ECS) DeleteENI(_ context.Context, eniID string) error {
 	req := ecs.CreateDeleteNetworkInterfaceRequest()
 	req.NetworkInterfaceId = eniID
-	_, err := call(e, (*ecs.Client).DeleteNetworkInterface, req)
-	return wrap("DeleteNetworkInterface", err)
+	_, err := call(e, "DeleteNetworkInterface", (*ecs.Client).DeleteNetworkInterface, req)
+	return err
 }
 
 // AssignIPs implements Cloud.
@@ -169,9 +136,9 @@ func (e *ECS) AssignIPs(_ context.Context, eniID string, n int, token string) ([
 	req.NetworkInterfaceId = eniID
 	req.SecondaryPrivateIpAddressCount = requests.NewInteger(n)
 	req.ClientToken = token
-	resp, err := call(e, (*ecs.Client).AssignPrivateIpAddresses, req)
+	resp, err := call(e, "AssignPrivateIpAddresses", (*ecs.Client).AssignPrivateIpAddresses, req)
 	if err != nil {
-		return nil, wrap("AssignPrivateIpAddresses", err)
+		return nil, err
 	}
 	return parseAddrs(resp.AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress), nil
 }
@@ -185,8 +152,8 @@ func (e *ECS) UnassignIPs(_ context.Context, eniID string, ips []netip.Addr) err
 		ss[i] = a.String()
 	}
 	req.PrivateIpAddress = &ss
-	_, err := call(e, (*ecs.Client).UnassignPrivateIpAddresses, req)
-	return wrap("UnassignPrivateIpAddresses", err)
+	_, err := call(e, "UnassignPrivateIpAddresses", (*ecs.Client).UnassignPrivateIpAddresses, req)
+	return err
 }
 
 // DescribeENIs implements Cloud.
@@ -198,9 +165,9 @@ func (e *ECS) DescribeENIs(_ context.Context, instanceID, name string) ([]ENI, e
 		req.NetworkInterfaceName = name
 		req.PageSize = requests.NewInteger(100)
 		req.PageNumber = requests.NewInteger(page)
-		resp, err := call(e, (*ecs.Client).DescribeNetworkInterfaces, req)
+		resp, err := call(e, "DescribeNetworkInterfaces", (*ecs.Client).DescribeNetworkInterfaces, req)
 		if err != nil {
-			return nil, wrap("DescribeNetworkInterfaces", err)
+			return nil, err
 		}
 		for _, s := range resp.NetworkInterfaceSets.NetworkInterfaceSet {
 			eni := ENI{ID: s.NetworkInterfaceId, MAC: s.MacAddress, VSwitchID: s.VSwitchId, Status: s.Status, InstanceID: s.InstanceId, Name: s.NetworkInterfaceName, Type: s.Type}
@@ -222,9 +189,9 @@ func (e *ECS) DescribeENIs(_ context.Context, instanceID, name string) ([]ENI, e
 func (e *ECS) InstanceLimits(_ context.Context, instanceType string) (Limits, error) {
 	req := ecs.CreateDescribeInstanceTypesRequest()
 	req.InstanceTypes = &[]string{instanceType}
-	resp, err := call(e, (*ecs.Client).DescribeInstanceTypes, req)
+	resp, err := call(e, "DescribeInstanceTypes", (*ecs.Client).DescribeInstanceTypes, req)
 	if err != nil {
-		return Limits{}, wrap("DescribeInstanceTypes", err)
+		return Limits{}, err
 	}
 	for _, t := range resp.InstanceTypes.InstanceType {
 		if t.InstanceTypeId == instanceType {
@@ -240,9 +207,9 @@ func (e *ECS) DescribeVSwitches(_ context.Context, ids []string) ([]VSwitch, err
 	for _, id := range ids {
 		req := ecs.CreateDescribeVSwitchesRequest()
 		req.VSwitchId = id
-		resp, err := call(e, (*ecs.Client).DescribeVSwitches, req)
+		resp, err := call(e, "DescribeVSwitches", (*ecs.Client).DescribeVSwitches, req)
 		if err != nil {
-			return nil, wrap("DescribeVSwitches", err)
+			return nil, err
 		}
 		for _, v := range resp.VSwitches.VSwitch {
 			p, _ := netip.ParsePrefix(v.CidrBlock)

@@ -2,11 +2,17 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/auth/credentials"
+
+	"github.com/dnsaccel/dnsaccel/cloud/ecs"
+	"github.com/dnsaccel/dnsaccel/cloud/ecs/ecstest"
+	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 )
 
 // A failed request's error names the action and the host, never the
@@ -38,4 +44,48 @@ func TestTransportErrorHidesSignedURL(t *testing.T) {
 	if !retryable(err) {
 		t.Errorf("connection refused not retryable: %v", err)
 	}
+}
+
+// An API answer that quotes the request — SignatureDoesNotMatch carries the
+// server's string to sign, i.e. the AccessKeyId and the STS SecurityToken —
+// is redacted too; connections dropped mid-call through Limited as well.
+func TestAPIErrorsHideCredentials(t *testing.T) {
+	const keyID, secret, token = "STS.NAgentKeyId0042", "agent-secret", "CAISagent+token/value=="
+	emu := ecstest.Start(t, openapi.Config{Credentials: []openapi.Credential{{AccessKeyID: keyID, AccessKeySecret: secret, SecurityToken: token}},
+		Faults: []openapi.FaultRule{{Action: "DescribeVSwitches", Fault: openapi.FaultDropBefore, Times: 2}}}, ecs.DefaultConfig())
+	leaks := []string{keyID, token, url.QueryEscape(token), url.QueryEscape(url.QueryEscape(token)), secret}
+	check := func(what string, err error) {
+		t.Helper()
+		for e := err; e != nil; e = errors.Unwrap(e) {
+			for _, leak := range leaks {
+				if strings.Contains(e.Error(), leak) {
+					t.Errorf("%s: error shows %q: %v", what, leak, e)
+				}
+			}
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			t.Errorf("%s: *url.Error reachable", what)
+		}
+	}
+	bad, err := NewECS("cn-hangzhou", emu.URL, credentials.NewStsTokenCredential(keyID, "wrong", token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = bad.DescribeENIs(context.Background(), "", "x")
+	if cloudCode(err) != "SignatureDoesNotMatch" {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	check("SignatureDoesNotMatch", err)
+	good, err := NewECS("cn-hangzhou", emu.URL, credentials.NewStsTokenCredential(keyID, secret, token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLimited(good, 0, nil)
+	l.Attempts = 2
+	_, err = l.DescribeVSwitches(context.Background(), []string{"vsw-1"})
+	if err == nil || !retryable(err) {
+		t.Fatalf("two drops with two attempts: %v", err)
+	}
+	check("dropped connection", err)
 }

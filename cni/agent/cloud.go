@@ -2,18 +2,10 @@ package agent
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/netip"
-	"strings"
-	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/dnsaccel/dnsaccel/alicloud"
 )
 
 // ENI is a network interface as the cloud describes it.
@@ -68,17 +60,10 @@ type CreateENIRequest struct {
 	Token          string
 }
 
-// CloudError is an API error answer.
-type CloudError struct {
-	Action  string
-	Code    string
-	Message string
-	HTTP    int
-}
-
-func (e *CloudError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", e.Action, e.Code, e.Message)
-}
+// CloudError is an error of the client core (alicloud): an API answer
+// (Code set) or a request that got no answer (Kind alicloud.KindTransport);
+// its text never holds the signed URL or a credential.
+type CloudError = alicloud.Error
 
 // Error codes the pool acts on.
 const (
@@ -86,23 +71,14 @@ const (
 	CodeIPNotEnough  = "InvalidVSwitchId.IpNotEnough"
 	CodeIPQuota      = "QuotaExceeded.PrivateIpAddress"
 	CodeENILimit     = "EniPerInstanceLimitExceeded"
-	codeUnavailable  = "ServiceUnavailable"
-	codeInternal     = "InternalError"
-	codeConflict     = "Operation.Conflict"
 	codeENINotFound  = "InvalidEniId.NotFound"
 	codeIPUnassigned = "InvalidIp.NotFound"
 )
 
-func cloudCode(err error) string {
-	var ce *CloudError
-	if errors.As(err, &ce) {
-		return ce.Code
-	}
-	return ""
-}
+func cloudCode(err error) string { return alicloud.Code(err) }
 
 // IsThrottled reports a Throttling* answer.
-func IsThrottled(err error) bool { return strings.HasPrefix(cloudCode(err), "Throttling") }
+func IsThrottled(err error) bool { return alicloud.IsThrottled(err) }
 
 // IsAddressShortage reports that the vSwitch or the account is out of
 // addresses.
@@ -120,37 +96,12 @@ func IsNotFound(err error) bool {
 	return c == codeENINotFound || c == codeIPUnassigned
 }
 
-// retryable: throttling, transient server faults, connection errors.
-func retryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	switch c := cloudCode(err); {
-	case strings.HasPrefix(c, "Throttling"), c == codeUnavailable, c == codeInternal, c == codeConflict:
-		return true
-	case c != "":
-		return false
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return true
-	}
-	s := err.Error()
-	return strings.Contains(s, "EOF") || strings.Contains(s, "connection reset") || strings.Contains(s, "connection refused")
-}
+// retryable: throttling, transient server faults and busy resources,
+// connection errors (alicloud's classification).
+func retryable(err error) bool { return alicloud.IsRetryable(err) }
 
 // NewToken returns a fresh ClientToken.
-func NewToken() string {
-	var b [16]byte
-	_, _ = randRead(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-var randRead = crand.Read
+func NewToken() string { return alicloud.NewClientToken() }
 
 // Observer hears about every API call (metrics, events).
 type Observer interface {
@@ -159,15 +110,13 @@ type Observer interface {
 }
 
 // Limited wraps a Cloud with per-action client-side rate limits and retries
-// with exponential backoff on throttling and transient faults. A retried
-// Create or Assign carries the same ClientToken, so a call that succeeded
-// server-side while its answer was lost is not repeated.
+// with jittered exponential backoff on throttling and transient faults
+// (the alicloud core's Invoker). A retried Create or Assign carries the
+// same ClientToken, so a call that succeeded server-side while its answer
+// was lost is not repeated.
 type Limited struct {
 	c        Cloud
-	qps      float64
-	obs      Observer
-	mu       sync.Mutex
-	lims     map[string]*rate.Limiter
+	inv      *alicloud.Invoker
 	Attempts int           // per call; default 8
 	Base     time.Duration // first backoff; default 200 ms
 	Max      time.Duration // backoff cap; default 5 s
@@ -175,60 +124,27 @@ type Limited struct {
 
 // NewLimited wraps c; qps <= 0 means no client-side limit.
 func NewLimited(c Cloud, qps float64, obs Observer) *Limited {
-	return &Limited{c: c, qps: qps, obs: obs, lims: map[string]*rate.Limiter{}, Attempts: 8, Base: 200 * time.Millisecond, Max: 5 * time.Second}
-}
-
-func (l *Limited) limiter(action string) *rate.Limiter {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim := l.lims[action]
-	if lim == nil {
-		if l.qps <= 0 {
-			lim = rate.NewLimiter(rate.Inf, 1)
-		} else {
-			lim = rate.NewLimiter(rate.Limit(l.qps), max(1, int(l.qps)))
+	l := &Limited{c: c, Attempts: 8, Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	l.inv = alicloud.NewInvoker(alicloud.Config{Product: "ecs", PerAction: alicloud.Limit{QPS: qps}, Observe: func(a alicloud.Attempt) {
+		if obs == nil {
+			return
 		}
-		l.lims[action] = lim
-	}
-	return lim
+		code := "OK"
+		if a.Err != nil {
+			if code = a.Code; code == "" {
+				code = "error"
+			}
+		}
+		obs.APICall(a.Action, code, a.Duration)
+		if a.Retry && a.Kind == alicloud.KindThrottled {
+			obs.Throttled(a.Action, a.Err)
+		}
+	}})
+	return l
 }
 
 func (l *Limited) call(ctx context.Context, action string, f func() error) error {
-	backoff := l.Base
-	var err error
-	for attempt := 1; ; attempt++ {
-		if werr := l.limiter(action).Wait(ctx); werr != nil {
-			if err != nil {
-				return fmt.Errorf("%w (gave up waiting: %v)", err, werr)
-			}
-			return fmt.Errorf("%s: %w", action, werr)
-		}
-		t0 := time.Now()
-		err = f()
-		if l.obs != nil {
-			code := "OK"
-			if err != nil {
-				code = cloudCode(err)
-				if code == "" {
-					code = "error"
-				}
-			}
-			l.obs.APICall(action, code, time.Since(t0))
-		}
-		if !retryable(err) || attempt >= l.Attempts {
-			return err
-		}
-		if IsThrottled(err) && l.obs != nil {
-			l.obs.Throttled(action, err)
-		}
-		d := backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)+1))
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (retry abandoned: %v)", err, ctx.Err())
-		case <-time.After(d):
-		}
-		backoff = min(backoff*2, l.Max)
-	}
+	return l.inv.DoRetry(ctx, action, false, alicloud.Retry{Attempts: l.Attempts, Base: l.Base, Max: l.Max}, func(context.Context) error { return f() })
 }
 
 // CreateENI implements Cloud.

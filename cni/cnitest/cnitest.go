@@ -107,6 +107,7 @@ type Options struct {
 	MaxIdle      int
 	QPS          float64
 	AgentArgs    []string
+	AgentEnv     []string // added to the agent's environment (after the emulator's key: overrides it)
 }
 
 // Env is a running emulator + agent.
@@ -200,6 +201,7 @@ func (e *Env) StartAgent(ctx context.Context) error {
 	}
 	cmd := exec.Command(filepath.Join(e.Opt.BinDir, "eni-agent"), args...)
 	cmd.Env = append(os.Environ(), "ALIBABA_CLOUD_ACCESS_KEY_ID="+ecstest.AccessKeyID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET="+ecstest.AccessKeySecret)
+	cmd.Env = append(cmd.Env, e.Opt.AgentEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -266,10 +266,12 @@ func TestWrongCredentials(t *testing.T) {
 	if p.exited() {
 		t.Fatalf("pvtz-sync exited on wrong credentials:\n%s", p.stderr.String())
 	}
-	if s := p.stderr.String(); !strings.Contains(s, "LTAIwrongkey123") || !strings.Contains(s, "InvalidAccessKeyId.NotFound") || strings.Contains(s, "nope") {
-		t.Fatalf("error does not name the key id (or leaks the secret):\n%s", s)
+	// The key id is named masked (LTAI…123): enough to tell keys apart,
+	// never the id itself (issue #21).
+	if s := p.stderr.String(); !strings.Contains(s, "LTAI…123") || strings.Contains(s, "LTAIwrongkey123") || !strings.Contains(s, "InvalidAccessKeyId.NotFound") || strings.Contains(s, "nope") {
+		t.Fatalf("error does not name the key id masked (or leaks the id or the secret):\n%s", s)
 	}
-	if code, body := httpGet("http://" + health + "/readyz"); code != 503 || !strings.Contains(body, "LTAIwrongkey123") {
+	if code, body := httpGet("http://" + health + "/readyz"); code != 503 || !strings.Contains(body, "LTAI…123") || strings.Contains(body, "LTAIwrongkey123") {
 		t.Fatalf("readyz %d %s", code, body)
 	}
 	// Slow retries: attempts are spaced (1s, 2s, ...), not a tight loop.
@@ -284,7 +286,7 @@ func TestWrongCredentials(t *testing.T) {
 		t.Fatalf("retries %v apart", d)
 	}
 	once := f.start("pvtz-sync", env, f.syncArgs("--policy", "sync", "--once")...)
-	if code := once.wait(t, 30*time.Second); code != 2 || !strings.Contains(once.stderr.String(), "LTAIwrongkey123") {
+	if code := once.wait(t, 30*time.Second); code != 2 || !strings.Contains(once.stderr.String(), "LTAI…123") {
 		t.Fatalf("--once with wrong credentials: exit %d\n%s", code, once.stderr.String())
 	}
 }

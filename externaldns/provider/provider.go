@@ -1,31 +1,28 @@
 // Package provider talks to Alibaba Cloud PrivateZone through the real SDK
-// (github.com/aliyun/alibaba-cloud-sdk-go/services/pvtz): paged listing
-// (PageSize 100), a client-side token bucket for writes, retries with
-// exponential backoff and full jitter on throttling, System.Busy,
-// ServiceUnavailable, 5xx and network errors, idempotent creates and
-// deletes, and a dry-run mode that makes no write call at all.
+// (github.com/aliyun/alibaba-cloud-sdk-go/services/pvtz) on the shared
+// client core (alicloud: client pool, token buckets, jittered retries on
+// throttling, busy, 5xx and network errors, error classification and
+// redaction of signed URLs and credentials): paged listing (PageSize 100),
+// idempotent creates and deletes of records, idempotent zone creation, and
+// a dry-run mode that makes no write call at all.
 package provider
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net"
-	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk"
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/auth/credentials"
-	sdkerrors "github.com/aliyun/alibaba-cloud-sdk-go/sdk/errors"
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/requests"
 	"github.com/aliyun/alibaba-cloud-sdk-go/services/pvtz"
-	"golang.org/x/time/rate"
 
+	"github.com/dnsaccel/dnsaccel/alicloud"
 	"github.com/dnsaccel/dnsaccel/externaldns/endpoint"
 	"github.com/dnsaccel/dnsaccel/externaldns/registry"
 )
@@ -48,7 +45,7 @@ type Config struct {
 	ReadQPS    float64 // read budget; 0 = unlimited
 	DryRun     bool
 	// MaxAttempts per call (default 8); backoff from BaseBackoff (100ms)
-	// doubling to MaxBackoff (10s), full jitter.
+	// doubling to MaxBackoff (10s), jittered.
 	MaxAttempts int
 	BaseBackoff time.Duration
 	MaxBackoff  time.Duration
@@ -64,14 +61,16 @@ type Config struct {
 
 // Provider is a PrivateZone client.
 type Provider struct {
-	cfg    Config
-	pool   chan *pvtz.Client // the SDK client is not safe for concurrent use: one per call in flight
-	host   string
-	scheme string
-	creds  credentials.CredentialsProvider
-	wlim   *rate.Limiter
-	rlim   *rate.Limiter
-	log    *slog.Logger
+	cfg   Config
+	core  *alicloud.Client[*pvtz.Client]
+	creds credentials.CredentialsProvider
+	log   *slog.Logger
+	// zoneToken: AddZone's ClientToken per zone name and VPC, made once per
+	// process, so every retry of a creation (in the core, or the next
+	// CreateZone after a failure) is answered with the same zone.
+	mu        sync.Mutex
+	zoneToken map[string]string
+	created   map[string]bool // zone ids this process added
 }
 
 // New builds a provider; it makes no call.
@@ -97,62 +96,44 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	u, err := url.Parse(cfg.Endpoint)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, fmt.Errorf("endpoint %q: want http(s)://HOST[:PORT]", cfg.Endpoint)
-	}
 	if cfg.Credential == nil {
 		cfg.Credential = credentials.NewDefaultCredentialsProvider()
 	}
-	p := &Provider{cfg: cfg, pool: make(chan *pvtz.Client, 64), host: u.Host, scheme: strings.ToUpper(u.Scheme), creds: cfg.Credential, log: cfg.Logger}
-	c, err := p.getClient()
+	burst := cfg.Burst
+	if burst <= 0 {
+		burst = max(1, int(cfg.QPS/10))
+	}
+	p := &Provider{cfg: cfg, creds: cfg.Credential, log: cfg.Logger, zoneToken: map[string]string{}, created: map[string]bool{}}
+	host, _, err := alicloud.EndpointHost(cfg.Endpoint)
 	if err != nil {
 		return nil, err
 	}
-	p.putClient(c)
-	p.wlim = limiter(cfg.QPS, cfg.Burst)
-	p.rlim = limiter(cfg.ReadQPS, 0)
-	return p, nil
-}
-
-func limiter(qps float64, burst int) *rate.Limiter {
-	if qps <= 0 {
-		return rate.NewLimiter(rate.Inf, 1)
-	}
-	if burst <= 0 {
-		burst = max(1, int(qps/10))
-	}
-	return rate.NewLimiter(rate.Limit(qps), burst)
-}
-
-func (p *Provider) getClient() (*pvtz.Client, error) {
-	select {
-	case c := <-p.pool:
+	core, err := alicloud.NewClient(alicloud.ClientConfig{
+		Config: alicloud.Config{Product: "pvtz",
+			Writes: alicloud.Limit{QPS: cfg.QPS, Burst: burst}, Reads: alicloud.Limit{QPS: cfg.ReadQPS},
+			Retry:   alicloud.Retry{Attempts: cfg.MaxAttempts, Base: cfg.BaseBackoff, Max: cfg.MaxBackoff},
+			Observe: p.observe, Logger: cfg.Logger},
+		Endpoint: cfg.Endpoint, Pool: 64, ReadTimeout: cfg.Timeout,
+	}, func(sc *sdk.Config) (*pvtz.Client, error) {
+		c, err := pvtz.NewClientWithOptions(cfg.Region, sc, cfg.Credential)
+		if err != nil {
+			return nil, err
+		}
+		c.Domain = host
 		return c, nil
-	default:
-	}
-	c, err := pvtz.NewClientWithOptions(p.cfg.Region, sdk.NewConfig(), p.cfg.Credential)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("pvtz client: %w", err)
+		return nil, err
 	}
-	c.Domain = p.host
-	c.SetReadTimeout(p.cfg.Timeout)
-	c.SetConnectTimeout(5 * time.Second)
-	return c, nil
-}
-
-func (p *Provider) putClient(c *pvtz.Client) {
-	select {
-	case p.pool <- c:
-	default:
-	}
+	p.core = core
+	return p, nil
 }
 
 // DryRun reports whether writes are skipped.
 func (p *Provider) DryRun() bool { return p.cfg.DryRun }
 
 // AccessKeyID returns the key id the credential chain resolves to ("" if
-// it cannot), for error messages; never the secret.
+// it cannot), never the secret. Show it masked (alicloud.MaskKeyID).
 func (p *Provider) AccessKeyID() string {
 	cc, err := p.creds.GetCredentials()
 	if err != nil || cc == nil {
@@ -161,24 +142,19 @@ func (p *Provider) AccessKeyID() string {
 	return cc.AccessKeyId
 }
 
-// APIError is an error answered by the service.
-type APIError struct {
-	Action, Code, Message, RequestID string
-	HTTPStatus                       int
-}
+// APIError is an error of the client core: an API answer (Code set) or a
+// transport error; its text never holds credentials or the signed URL.
+type APIError = alicloud.Error
 
-func (e *APIError) Error() string {
-	return fmt.Sprintf("%s: %s (HTTP %d): %s [RequestId %s]", e.Action, e.Code, e.HTTPStatus, e.Message, e.RequestID)
-}
-
-// CredentialError is a rejected credential; it names the key id.
+// CredentialError is a rejected credential; its message names the key id,
+// masked.
 type CredentialError struct {
-	AccessKeyID string
+	AccessKeyID string // in full, for programs; Error shows it masked
 	Err         error
 }
 
 func (e *CredentialError) Error() string {
-	id := e.AccessKeyID
+	id := alicloud.MaskKeyID(e.AccessKeyID)
 	if id == "" {
 		id = "(none found by the credential chain)"
 	}
@@ -188,19 +164,7 @@ func (e *CredentialError) Error() string {
 func (e *CredentialError) Unwrap() error { return e.Err }
 
 // Code returns the API error code of err ("" when it is not an API error).
-func Code(err error) string {
-	var ae *APIError
-	if errors.As(err, &ae) {
-		return ae.Code
-	}
-	return ""
-}
-
-var credentialCodes = map[string]bool{
-	"InvalidAccessKeyId.NotFound": true, "InvalidAccessKeyId": true, "SignatureDoesNotMatch": true,
-	"InvalidAccessKeyId.Inactive": true, "InvalidSecurityToken.Expired": true, "InvalidSecurityToken.MismatchWithAccessKey": true,
-	"InvalidSecurityToken.Malformed": true, "MissingSecurityToken": true, "Forbidden.AccessKeyDisabled": true,
-}
+func Code(err error) string { return alicloud.Code(err) }
 
 // IsCredentialError reports whether err is a rejected credential.
 func IsCredentialError(err error) bool {
@@ -208,92 +172,33 @@ func IsCredentialError(err error) bool {
 	return errors.As(err, &ce)
 }
 
-func isTransport(err error) bool {
-	var ue *url.Error
-	var ne net.Error
-	return errors.As(err, &ue) || errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
-}
-
-func retryable(code string, status int) bool {
-	switch {
-	case code == "network", strings.HasPrefix(code, "Throttling"), code == "System.Busy", code == "ServiceUnavailable",
-		code == "InternalError", code == "SignatureNonceUsed", status >= 500:
-		return true
-	}
-	return false
-}
-
-// call runs one API call with the budget, retries and error mapping.
+// call runs one API call through the core (budget, retries, error
+// classification and redaction); a rejected credential becomes a
+// *CredentialError.
 func (p *Provider) call(ctx context.Context, action string, write bool, fn func(c *pvtz.Client) error) error {
-	lim := p.rlim
-	if write {
-		lim = p.wlim
+	err := p.core.Call(ctx, action, write, fn)
+	if err != nil && alicloud.IsCredential(err) {
+		return &CredentialError{AccessKeyID: p.AccessKeyID(), Err: err}
 	}
-	var last error
-	for attempt := 0; attempt < p.cfg.MaxAttempts; attempt++ {
-		if attempt > 0 {
-			d := p.cfg.BaseBackoff << min(attempt-1, 16)
-			if d > p.cfg.MaxBackoff {
-				d = p.cfg.MaxBackoff
-			}
-			d = time.Duration(rand.Int64N(int64(d)) + 1) // full jitter
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return fmt.Errorf("%s: %w (last error: %v)", action, ctx.Err(), last)
-			case <-t.C:
-			}
-		}
-		if err := lim.Wait(ctx); err != nil {
-			return fmt.Errorf("%s: %w", action, err)
-		}
-		c, err := p.getClient()
-		if err != nil {
-			return fmt.Errorf("%s: %w", action, err)
-		}
-		err = fn(c)
-		p.putClient(c)
-		if err == nil {
-			p.observe(action, write, "", false)
-			return nil
-		}
-		code, status := "", 0
-		var se *sdkerrors.ServerError
-		var ce *sdkerrors.ClientError
-		switch {
-		case errors.As(err, &se):
-			code, status = se.ErrorCode(), se.HttpStatus()
-			err = &APIError{Action: action, Code: code, Message: se.Message(), RequestID: se.RequestId(), HTTPStatus: status}
-		case errors.As(err, &ce) && ce.ErrorCode() == sdkerrors.CanNotResolveEndpointErrorCode:
-			code = "endpoint"
-		case !isTransport(err) && strings.Contains(strings.ToLower(err.Error()), "credential"):
-			// The credential chain found nothing usable: no call was made.
-			p.observe(action, write, "credentials", false)
-			return &CredentialError{AccessKeyID: p.AccessKeyID(), Err: fmt.Errorf("%s: %w", action, err)}
-		default:
-			code = "network"
-			err = fmt.Errorf("%s: %w", action, err)
-		}
-		if credentialCodes[code] {
-			p.observe(action, write, code, false)
-			return &CredentialError{AccessKeyID: p.AccessKeyID(), Err: err}
-		}
-		again := retryable(code, status) && attempt+1 < p.cfg.MaxAttempts && ctx.Err() == nil
-		p.observe(action, write, code, again)
-		if !again {
-			return err
-		}
-		last = err
-		p.log.Debug("retrying", "action", action, "attempt", attempt+1, "code", code)
-	}
-	return last
+	return err
 }
 
-func (p *Provider) observe(action string, write bool, code string, retry bool) {
-	if p.cfg.Observe != nil {
-		p.cfg.Observe(action, write, code, retry)
+func (p *Provider) observe(a alicloud.Attempt) {
+	if p.cfg.Observe == nil {
+		return
 	}
+	code := a.Code
+	if a.Err != nil && code == "" {
+		switch a.Kind {
+		case alicloud.KindTransport:
+			code = "network"
+		case alicloud.KindCredential:
+			code = "credentials"
+		default:
+			code = "client"
+		}
+	}
+	p.cfg.Observe(a.Action, a.Write, code, a.Retry)
 }
 
 func (p *Provider) dry(op, detail string) {
@@ -307,6 +212,7 @@ func (p *Provider) dry(op, detail string) {
 // Zone is a zone as listed.
 type Zone struct {
 	ID, Name    string
+	Remark      string
 	RecordCount int
 	VPCs        []string // "region/vpc-id"
 }
@@ -316,7 +222,7 @@ func (p *Provider) Zones(ctx context.Context, keyword, vpcID string) ([]Zone, er
 	var out []Zone
 	for page := 1; ; page++ {
 		req := pvtz.CreateDescribeZonesRequest()
-		req.Scheme = p.scheme
+		req.Scheme = p.core.Scheme()
 		req.PageNumber, req.PageSize = requests.NewInteger(page), requests.NewInteger(PageSize)
 		if keyword != "" {
 			req.Keyword, req.SearchMode = keyword, "EXACT"
@@ -328,7 +234,7 @@ func (p *Provider) Zones(ctx context.Context, keyword, vpcID string) ([]Zone, er
 			return nil, err
 		}
 		for _, z := range resp.Zones.Zone {
-			out = append(out, Zone{ID: z.ZoneId, Name: z.ZoneName, RecordCount: z.RecordCount})
+			out = append(out, Zone{ID: z.ZoneId, Name: z.ZoneName, Remark: z.Remark, RecordCount: z.RecordCount})
 		}
 		if page*PageSize >= resp.TotalItems || len(resp.Zones.Zone) == 0 {
 			return out, nil
@@ -339,7 +245,7 @@ func (p *Provider) Zones(ctx context.Context, keyword, vpcID string) ([]Zone, er
 // ZoneInfo returns a zone with its bound VPCs.
 func (p *Provider) ZoneInfo(ctx context.Context, zoneID string) (Zone, error) {
 	req := pvtz.CreateDescribeZoneInfoRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.ZoneId = zoneID
 	var resp *pvtz.DescribeZoneInfoResponse
 	if err := p.call(ctx, "DescribeZoneInfo", false, func(c *pvtz.Client) (err error) { resp, err = c.DescribeZoneInfo(req); return }); err != nil {
@@ -375,27 +281,146 @@ func (p *Provider) FindZone(ctx context.Context, name, vpcID string) (string, er
 	return "", fmt.Errorf("zone %s: %d zones have that name (%s); bind one to the VPC with --vpc-id", name, len(ids), strings.Join(ids, ", "))
 }
 
-// CreateZone adds a zone and binds it to vpcID in region (if vpcID is set).
+// ZoneRemark is the Remark of a zone CreateZone made for vpcID: it marks
+// the zone as pvtz-sync's, so a later CreateZone (a retry, another process,
+// a restart) adopts it instead of adding another when it could not be
+// bound (PrivateZone zones have no other owner field; Remark ≤ 50).
+func ZoneRemark(vpcID string) string {
+	r := "dnsaccel pvtz-sync"
+	if vpcID != "" {
+		r += " vpc=" + vpcID
+	}
+	return r[:min(len(r), 50)]
+}
+
+// CreateZone makes sure one zone named name exists, bound to vpcID in
+// region (if vpcID is set), and returns its id. It is idempotent: a zone
+// of that name already bound to the VPC is returned; an unbound one of
+// ours (ZoneRemark, or added by this process) is adopted and bound;
+// AddZone carries a ClientToken kept for the process, so an AddZone whose
+// answer was lost and is repeated (by the retries, or the next CreateZone
+// after a failed bind) is answered with the zone it made.
 func (p *Provider) CreateZone(ctx context.Context, name, vpcID, region string) (string, error) {
 	if p.cfg.DryRun {
 		p.dry("create-zone", name)
 		return "", nil
 	}
-	req := pvtz.CreateAddZoneRequest()
-	req.Scheme = p.scheme
-	req.ZoneName = name
-	var resp *pvtz.AddZoneResponse
-	if err := p.call(ctx, "AddZone", true, func(c *pvtz.Client) (err error) { resp, err = c.AddZone(req); return }); err != nil {
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	id, bound, err := p.ownZone(ctx, name, vpcID, region)
+	if err != nil {
 		return "", err
 	}
-	if vpcID != "" {
-		b := pvtz.CreateBindZoneVpcRequest()
-		b.Scheme = p.scheme
-		b.ZoneId = resp.ZoneId
-		b.Vpcs = &[]pvtz.BindZoneVpcVpcs{{RegionId: region, VpcId: vpcID}}
-		if err := p.call(ctx, "BindZoneVpc", true, func(c *pvtz.Client) error { _, err := c.BindZoneVpc(b); return err }); err != nil {
-			return resp.ZoneId, err
+	if id == "" {
+		if id, err = p.addZone(ctx, name, vpcID, region); err != nil {
+			return "", err
 		}
+	}
+	if vpcID == "" || bound {
+		return id, nil
+	}
+	b := pvtz.CreateBindZoneVpcRequest()
+	b.Scheme = p.core.Scheme()
+	b.ZoneId = id
+	b.Vpcs = &[]pvtz.BindZoneVpcVpcs{{RegionId: region, VpcId: vpcID}}
+	if err := p.call(ctx, "BindZoneVpc", true, func(c *pvtz.Client) error { _, err := c.BindZoneVpc(b); return err }); err != nil {
+		if alicloud.IsNotFound(err) {
+			p.forget(name, vpcID, region, id) // deleted meanwhile: the next try adds a new one
+		}
+		return id, fmt.Errorf("bind zone %s (%s) to VPC %s in %s: %w", name, id, vpcID, region, err)
+	}
+	return id, nil
+}
+
+// ownZone finds the zone CreateZone should use: one named name bound to
+// vpcID (bound), else an unbound one of ours. Further unbound, empty zones
+// of ours (duplicates from before this fix) are deleted.
+func (p *Provider) ownZone(ctx context.Context, name, vpcID, region string) (id string, bound bool, err error) {
+	zs, err := p.Zones(ctx, name, "")
+	if err != nil {
+		return "", false, err
+	}
+	var ours []Zone
+	for _, z := range zs {
+		if endpoint.NormalizeName(z.Name) != endpoint.NormalizeName(name) {
+			continue
+		}
+		info, err := p.ZoneInfo(ctx, z.ID)
+		if alicloud.IsNotFound(err) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return "", false, err
+		}
+		for _, v := range info.VPCs {
+			if vpcID != "" && v == region+"/"+vpcID {
+				return z.ID, true, nil
+			}
+		}
+		p.mu.Lock()
+		mine := p.created[z.ID]
+		p.mu.Unlock()
+		if len(info.VPCs) == 0 && (mine || z.Remark == ZoneRemark(vpcID)) {
+			ours = append(ours, z)
+		}
+	}
+	if len(ours) == 0 {
+		return "", false, nil
+	}
+	for _, extra := range ours[1:] {
+		if extra.RecordCount != 0 {
+			continue
+		}
+		d := pvtz.CreateDeleteZoneRequest()
+		d.Scheme = p.core.Scheme()
+		d.ZoneId = extra.ID
+		if err := p.call(ctx, "DeleteZone", true, func(c *pvtz.Client) error { _, err := c.DeleteZone(d); return err }); err != nil && !alicloud.IsNotFound(err) {
+			p.log.Warn("cannot delete a duplicate unbound zone", "zone", name, "zone_id", extra.ID, "err", err)
+		}
+	}
+	p.log.Info("adopting an unbound zone of ours", "zone", name, "zone_id", ours[0].ID, "vpc", vpcID)
+	return ours[0].ID, false, nil
+}
+
+// forget drops the ClientToken of a zone that is gone (deleted by someone
+// after we made it): the service would answer the token with the old id.
+func (p *Provider) forget(name, vpcID, region, id string) {
+	p.mu.Lock()
+	delete(p.zoneToken, zoneKey(name, vpcID, region))
+	delete(p.created, id)
+	p.mu.Unlock()
+}
+
+func zoneKey(name, vpcID, region string) string { return name + "\x00" + region + "\x00" + vpcID }
+
+// addZone adds the zone with the process's ClientToken for it and marks it
+// ours.
+func (p *Provider) addZone(ctx context.Context, name, vpcID, region string) (string, error) {
+	key := zoneKey(name, vpcID, region)
+	p.mu.Lock()
+	tok, ok := p.zoneToken[key]
+	if !ok {
+		tok = alicloud.NewClientToken()
+		p.zoneToken[key] = tok
+	}
+	p.mu.Unlock()
+	req := pvtz.CreateAddZoneRequest()
+	req.Scheme = p.core.Scheme()
+	req.ZoneName, req.ClientToken = name, tok
+	var resp *pvtz.AddZoneResponse
+	if err := p.call(ctx, "AddZone", true, func(c *pvtz.Client) (err error) { resp, err = c.AddZone(req); return }); err != nil {
+		return "", fmt.Errorf("add zone %s: %w", name, err)
+	}
+	p.mu.Lock()
+	p.created[resp.ZoneId] = true
+	p.mu.Unlock()
+	r := pvtz.CreateUpdateZoneRemarkRequest()
+	r.Scheme = p.core.Scheme()
+	r.ZoneId, r.Remark = resp.ZoneId, ZoneRemark(vpcID)
+	if err := p.call(ctx, "UpdateZoneRemark", true, func(c *pvtz.Client) error { _, err := c.UpdateZoneRemark(r); return err }); err != nil {
+		if alicloud.IsNotFound(err) {
+			p.forget(name, vpcID, region, resp.ZoneId)
+		}
+		return resp.ZoneId, fmt.Errorf("mark zone %s (%s) as pvtz-sync's: %w", name, resp.ZoneId, err)
 	}
 	return resp.ZoneId, nil
 }
@@ -406,7 +431,7 @@ func (p *Provider) Records(ctx context.Context, zoneID, keyword string) ([]endpo
 	var out []endpoint.Record
 	for page := 1; ; page++ {
 		req := pvtz.CreateDescribeZoneRecordsRequest()
-		req.Scheme = p.scheme
+		req.Scheme = p.core.Scheme()
 		req.ZoneId = zoneID
 		req.PageNumber, req.PageSize = requests.NewInteger(page), requests.NewInteger(PageSize)
 		if keyword != "" {
@@ -444,7 +469,7 @@ func (p *Provider) Create(ctx context.Context, zoneID, ownerID string, r endpoin
 		return 0, nil
 	}
 	req := pvtz.CreateAddZoneRecordRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.ZoneId, req.Rr, req.Type, req.Value, req.Remark = zoneID, r.Name, r.Type, r.Value, r.Remark
 	req.Ttl = requests.NewInteger(r.TTL)
 	var resp *pvtz.AddZoneRecordResponse
@@ -496,7 +521,7 @@ func (p *Provider) Update(ctx context.Context, r endpoint.Record) error {
 		return nil
 	}
 	req := pvtz.CreateUpdateZoneRecordRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.RecordId = requests.NewInteger64(r.ID)
 	req.Rr, req.Type, req.Value, req.Ttl = r.Name, r.Type, r.Value, requests.NewInteger(r.TTL)
 	if r.Priority > 0 {
@@ -512,7 +537,7 @@ func (p *Provider) UpdateRemark(ctx context.Context, id int64, remark string) er
 		return nil
 	}
 	req := pvtz.CreateUpdateRecordRemarkRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.RecordId, req.Remark = requests.NewInteger64(id), remark
 	return p.call(ctx, "UpdateRecordRemark", true, func(c *pvtz.Client) error { _, err := c.UpdateRecordRemark(req); return err })
 }
@@ -524,7 +549,7 @@ func (p *Provider) SetStatus(ctx context.Context, id int64, status string) error
 		return nil
 	}
 	req := pvtz.CreateSetZoneRecordStatusRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.RecordId, req.Status = requests.NewInteger64(id), status
 	return p.call(ctx, "SetZoneRecordStatus", true, func(c *pvtz.Client) error { _, err := c.SetZoneRecordStatus(req); return err })
 }
@@ -537,7 +562,7 @@ func (p *Provider) Delete(ctx context.Context, id int64) error {
 		return nil
 	}
 	req := pvtz.CreateDeleteZoneRecordRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	req.RecordId = requests.NewInteger64(id)
 	err := p.call(ctx, "DeleteZoneRecord", true, func(c *pvtz.Client) error { _, err := c.DeleteZoneRecord(req); return err })
 	if c := Code(err); c == "Record.Invalid.Id" || c == "Record.NotExists" {
@@ -558,7 +583,7 @@ func (p *Provider) ChangeLogs(ctx context.Context, zoneID string, limit int) ([]
 	var out []ChangeLog
 	for page := 1; ; page++ {
 		req := pvtz.CreateDescribeChangeLogsRequest()
-		req.Scheme = p.scheme
+		req.Scheme = p.core.Scheme()
 		req.ZoneId = zoneID
 		req.PageNumber, req.PageSize = requests.NewInteger(page), requests.NewInteger(PageSize)
 		var resp *pvtz.DescribeChangeLogsResponse
@@ -582,7 +607,7 @@ func (p *Provider) ChangeLogs(ctx context.Context, zoneID string, limit int) ([]
 // (DescribeZoneVpcTree).
 func (p *Provider) ZonesWithVPCs(ctx context.Context) ([]Zone, error) {
 	req := pvtz.CreateDescribeZoneVpcTreeRequest()
-	req.Scheme = p.scheme
+	req.Scheme = p.core.Scheme()
 	var resp *pvtz.DescribeZoneVpcTreeResponse
 	if err := p.call(ctx, "DescribeZoneVpcTree", false, func(c *pvtz.Client) (err error) { resp, err = c.DescribeZoneVpcTree(req); return }); err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,4 +201,149 @@ func TestCredentialErrorNamesKey(t *testing.T) {
 	if got := e.Server.Stats().Total; got != 1 {
 		t.Fatalf("a rejected credential was retried: %d calls", got)
 	}
+}
+
+// zonesNamed counts the zones named name, bound or not.
+func zonesNamed(t *testing.T, p *Provider, name string) []Zone {
+	t.Helper()
+	zs, err := p.ZonesWithVPCs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []Zone
+	for _, z := range zs {
+		if z.Name == name {
+			out = append(out, z)
+		}
+	}
+	return out
+}
+
+// Zone creation is idempotent (issue #21 item 2): a bind that fails
+// (missing permission, several times, then granted) and AddZone answers
+// lost after the zone was made leave exactly one zone, bound to the VPC,
+// however often the controller's resolve loop (FindZone by VPC, then
+// CreateZone) runs.
+func TestCreateZoneIdempotent(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []openapi.FaultRule
+	}{
+		{"bind forbidden three times", []openapi.FaultRule{{Action: "BindZoneVpc", Fault: openapi.FaultError, Code: "Forbidden.RAM", Times: 3}}},
+		{"add answer dropped", []openapi.FaultRule{{Action: "AddZone", Fault: openapi.FaultDropAfter, Times: 2}}},
+		{"add answer dropped beyond the retries, then bind fails", []openapi.FaultRule{
+			{Action: "AddZone", Fault: openapi.FaultDropAfter, Times: 3},
+			{Action: "BindZoneVpc", Fault: openapi.FaultError, Code: "ZoneVpc.NotExists.VpcId", Times: 2}}},
+		{"bind answer dropped", []openapi.FaultRule{{Action: "BindZoneVpc", Fault: openapi.FaultDropAfter, Times: 1}, {Action: "BindZoneVpc", Fault: openapi.Fault503Before, Times: 5}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := pvtztest.Start(t, openapi.Config{})
+			p := newProvider(t, e, func(c *Config) { c.MaxAttempts = 2 })
+			if err := e.Server.AddFaultRules(tc.rules...); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			var id string
+			for try := 0; ; try++ {
+				if try == 10 {
+					t.Fatalf("no zone after %d resolves", try)
+				}
+				found, err := p.FindZone(ctx, "idem.internal", "vpc-1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if found != "" {
+					id = found
+					break
+				}
+				if _, err := p.CreateZone(ctx, "idem.internal", "vpc-1", "cn-hangzhou"); err != nil {
+					t.Logf("resolve %d: %v", try, err)
+				}
+			}
+			zs := zonesNamed(t, p, "idem.internal")
+			if len(zs) != 1 || zs[0].ID != id || len(zs[0].VPCs) != 1 || zs[0].VPCs[0] != "cn-hangzhou/vpc-1" {
+				t.Fatalf("want exactly one zone, bound to vpc-1: %+v", zs)
+			}
+			// A new process (no token, no memory) adopts nothing more and
+			// adds nothing.
+			p2 := newProvider(t, e, nil)
+			if id2, err := p2.CreateZone(ctx, "idem.internal", "vpc-1", "cn-hangzhou"); err != nil || id2 != id {
+				t.Fatalf("second process: %q %v (want %s)", id2, err, id)
+			}
+			if zs := zonesNamed(t, p, "idem.internal"); len(zs) != 1 {
+				t.Fatalf("zones after a second process: %+v", zs)
+			}
+		})
+	}
+}
+
+// A zone of ours left unbound by an earlier process (it stopped after
+// AddZone) is adopted by the next; someone else's unbound zone of the same
+// name is not.
+func TestCreateZoneAdoptsOnlyOurs(t *testing.T) {
+	e := pvtztest.Start(t, openapi.Config{})
+	p := newProvider(t, e, nil)
+	ctx := context.Background()
+	theirs, err := p.CreateZone(ctx, "adopt.internal", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An earlier process's zone: marked, unbound (its bind was forbidden).
+	if err := e.Server.AddFaultRules(openapi.FaultRule{Action: "BindZoneVpc", Fault: openapi.FaultError, Code: "Forbidden.RAM", Times: 8}); err != nil {
+		t.Fatal(err)
+	}
+	ours, err := newProvider(t, e, nil).CreateZone(ctx, "adopt.internal", "vpc-9", "cn-hangzhou")
+	if err == nil || ours == "" || ours == theirs {
+		t.Fatalf("forbidden bind: %q %v", ours, err)
+	}
+	e.Server.ClearFaultRules()
+	got, err := newProvider(t, e, nil).CreateZone(ctx, "adopt.internal", "vpc-9", "cn-hangzhou")
+	if err != nil || got != ours {
+		t.Fatalf("adopt: %q %v (want %s, not %s)", got, err, ours, theirs)
+	}
+	if zs := zonesNamed(t, p, "adopt.internal"); len(zs) != 2 {
+		t.Fatalf("zones: %+v", zs)
+	}
+}
+
+// Errors never show the credential (issue #21 item 3): a transport error
+// (its *url.Error holds the signed URL: AccessKeyId, Signature,
+// SecurityToken) and SignatureDoesNotMatch (the string to sign) are
+// redacted; a credential error names the key id masked.
+func TestErrorsHideCredentials(t *testing.T) {
+	const keyID, secret, token = "STS.NProviderKeyId0042", "provider-secret", "CAISprov+token/value=="
+	e := pvtztest.Start(t, openapi.Config{Credentials: []openapi.Credential{{AccessKeyID: keyID, AccessKeySecret: secret, SecurityToken: token}}})
+	leaks := []string{keyID, secret, token, url.QueryEscape(token), url.QueryEscape(url.QueryEscape(token)), "Signature="}
+	check := func(what string, err error) {
+		t.Helper()
+		for x := err; x != nil; x = errors.Unwrap(x) {
+			for _, leak := range leaks {
+				if strings.Contains(x.Error(), leak) {
+					t.Errorf("%s: error shows %q: %v", what, leak, x)
+				}
+			}
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			t.Errorf("%s: *url.Error reachable", what)
+		}
+	}
+	p := newProvider(t, e, func(c *Config) {
+		c.Credential = credentials.NewStaticSTSCredentialsProvider(keyID, secret, token)
+		c.MaxAttempts = 2
+	})
+	if err := e.Server.AddFaultRules(openapi.FaultRule{Action: "DescribeZones", Fault: openapi.FaultDropBefore, Times: 2}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.Zones(context.Background(), "", "")
+	if err == nil || !strings.Contains(err.Error(), "DescribeZones") {
+		t.Fatalf("two drops, two attempts: %v", err)
+	}
+	check("dropped connection", err)
+	bad := newProvider(t, e, func(c *Config) { c.Credential = credentials.NewStaticSTSCredentialsProvider(keyID, "wrong", token) })
+	_, err = bad.Zones(context.Background(), "", "")
+	if !IsCredentialError(err) || Code(err) != "SignatureDoesNotMatch" || !strings.Contains(err.Error(), "STS.…042") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	check("SignatureDoesNotMatch", err)
 }
