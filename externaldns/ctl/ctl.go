@@ -109,6 +109,7 @@ func run(ctx context.Context, d deps, args []string, stdout, stderr io.Writer) i
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintf(stderr, "pvtzctl: %v\n", err) // pflag does not print it with ContinueOnError
 		return 2
 	}
 	fail := func(err error) int { fmt.Fprintf(stderr, "pvtzctl: %v\n", err); return 2 }
