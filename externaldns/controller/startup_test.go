@@ -48,6 +48,7 @@ func TestNoDeletesBeforeHandlersProcessedInitialList(t *testing.T) {
 		}
 	}
 	before := p.Snapshot(zid)
+	p.ResetCalls()
 
 	var ctl atomic.Pointer[controller.Controller]
 	var handled atomic.Int64
