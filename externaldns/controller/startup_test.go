@@ -76,7 +76,7 @@ func TestNoDeletesBeforeHandlersProcessedInitialList(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 	if d := p.Count(inmemory.DeleteZoneRecord); d != 0 {
-		t.Fatalf("start-up deleted %d owned records of Services that exist (handlers had processed %d of %d when deletes were allowed)",
+		t.Fatalf("start-up deleted %d owned records of Services that exist (the slowed handlers had processed %d of %d when Run returned)",
 			d, handled.Load(), n)
 	}
 	if w := p.Writes(); len(w) != 0 {
