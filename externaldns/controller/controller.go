@@ -31,7 +31,11 @@ import (
 
 // Source is the desired state (source.Source).
 type Source interface {
+	// Start runs the source and returns once the desired state is complete
+	// (every handler has processed its initial list); false if it never
+	// got there (ctx ended).
 	Start(ctx context.Context) bool
+	// Synced: the desired state is complete (deletes may follow from it).
 	Synced() bool
 	Endpoints() []endpoint.Endpoint
 	EndpointsFor(name string) []endpoint.Endpoint
@@ -39,9 +43,31 @@ type Source interface {
 	Ref(resource string) *corev1.ObjectReference
 }
 
+// Provider is what the controller calls on PrivateZone: *provider.Provider,
+// or provider/inmemory in tests. Errors follow provider's: ErrConflict for
+// a create held by another owner, *provider.CredentialError for rejected
+// credentials.
+type Provider interface {
+	// FindZone returns the zone id of name (bound to vpcID when set), "" if none.
+	FindZone(ctx context.Context, name, vpcID string) (string, error)
+	// CreateZone adds the zone and binds it to vpcID in region.
+	CreateZone(ctx context.Context, name, vpcID, region string) (string, error)
+	// Records lists the zone's records; keyword limits it to one name.
+	Records(ctx context.Context, zoneID, keyword string) ([]endpoint.Record, error)
+	// Create adds a record owned by ownerID (idempotent) and returns its id.
+	Create(ctx context.Context, zoneID, ownerID string, r endpoint.Record, adopt bool) (int64, error)
+	Update(ctx context.Context, r endpoint.Record) error
+	UpdateRemark(ctx context.Context, id int64, remark string) error
+	SetStatus(ctx context.Context, id int64, status string) error
+	// Delete removes a record; one already gone is not an error.
+	Delete(ctx context.Context, id int64) error
+}
+
+var _ Provider = (*provider.Provider)(nil)
+
 // Config of a Controller.
 type Config struct {
-	Provider   *provider.Provider
+	Provider   Provider
 	Source     Source
 	Zone       string
 	VPCID      string
@@ -81,6 +107,9 @@ type Controller struct {
 
 // New builds a controller.
 func New(cfg Config) (*Controller, error) {
+	if cfg.Provider == nil || cfg.Source == nil {
+		return nil, errors.New("controller: Provider and Source are required")
+	}
 	if err := registry.ValidateOwnerID(cfg.OwnerID); err != nil {
 		return nil, fmt.Errorf("--owner-id: %w", err)
 	}

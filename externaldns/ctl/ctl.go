@@ -47,9 +47,47 @@ Credentials: as pvtz-sync, the SDK's default chain (ALIBABA_CLOUD_ACCESS_KEY_ID,
 Flags:
 `
 
+// API is what pvtzctl calls on PrivateZone: *provider.Provider, or
+// provider/inmemory in tests.
+type API interface {
+	FindZone(ctx context.Context, name, vpcID string) (string, error)
+	ZoneInfo(ctx context.Context, zoneID string) (provider.Zone, error)
+	ZonesWithVPCs(ctx context.Context) ([]provider.Zone, error)
+	Records(ctx context.Context, zoneID, keyword string) ([]endpoint.Record, error)
+	ChangeLogs(ctx context.Context, zoneID string, limit int) ([]provider.ChangeLog, error)
+}
+
+var _ API = (*provider.Provider)(nil)
+
+// deps are pvtzctl's outside parts: the PrivateZone client and the
+// Kubernetes client (diff), built from the flags.
+type deps struct {
+	api  func(provider.Config) (API, error)
+	kube func(kubeconfig string) (kubernetes.Interface, error)
+}
+
+var realDeps = deps{
+	api: func(cfg provider.Config) (API, error) { return provider.New(cfg) },
+	kube: func(kubeconfig string) (kubernetes.Interface, error) {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		return cs, nil
+	},
+}
+
 // Main runs pvtzctl with args (without the program name) and returns the
 // exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return run(ctx, realDeps, args, stdout, stderr)
+}
+
+func run(ctx context.Context, d deps, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("pvtzctl", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	endpointURL := fs.String("endpoint", provider.DefaultEndpoint, "PrivateZone OpenAPI endpoint URL")
@@ -71,6 +109,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintf(stderr, "pvtzctl: %v\n", err) // pflag does not print it with ContinueOnError
 		return 2
 	}
 	fail := func(err error) int { fmt.Fprintf(stderr, "pvtzctl: %v\n", err); return 2 }
@@ -84,7 +123,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	p, err := provider.New(provider.Config{Endpoint: *endpointURL, Region: *region, MaxAttempts: 6,
+	p, err := d.api(provider.Config{Endpoint: *endpointURL, Region: *region, MaxAttempts: 6,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return fail(err)
@@ -195,7 +234,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		return diff(ctx, p, w, stderr, diffArgs{zoneID: id, zone: zoneName, kubeconfig: *kubeconfig, owner: *ownerID,
+		return diff(ctx, p, d, w, stderr, diffArgs{zoneID: id, zone: zoneName, kubeconfig: *kubeconfig, owner: *ownerID,
 			tmpl: *tmpl, ttl: *ttl, sources: *src, namespace: *ns})
 	}
 	return fail(fmt.Errorf("unknown command %q (zones, records, diff, owners, changelog)", rest[0]))
@@ -218,16 +257,12 @@ type diffRow struct {
 	Reason   string `json:"reason,omitempty"`
 }
 
-func diff(ctx context.Context, p *provider.Provider, w *writer, stderr io.Writer, a diffArgs) int {
+func diff(ctx context.Context, p API, d deps, w *writer, stderr io.Writer, a diffArgs) int {
 	fail := func(err error) int { fmt.Fprintf(stderr, "pvtzctl: %v\n", err); return 2 }
 	if err := registry.ValidateOwnerID(a.owner); err != nil {
 		return fail(fmt.Errorf("--owner-id: %w", err))
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", a.kubeconfig)
-	if err != nil {
-		return fail(fmt.Errorf("kubeconfig: %w", err))
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := d.kube(a.kubeconfig)
 	if err != nil {
 		return fail(err)
 	}

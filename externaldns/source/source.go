@@ -22,6 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -61,8 +63,9 @@ type Config struct {
 	FQDNTemplate string // default DefaultFQDNTemplate
 	TTL          int    // default 60
 	Logger       *slog.Logger
-	// OnChange is called (from informer goroutines) with the record names
-	// an object change may have touched.
+	// OnChange is called with the record names an object change may have
+	// touched, synchronously from the informer's event handler (a slow
+	// OnChange slows the handler; Start waits for the handlers).
 	OnChange func(names []string)
 	// OnInvalid reports a resource whose annotations could not be used.
 	OnInvalid func(ref *corev1.ObjectReference, reason string)
@@ -77,7 +80,9 @@ type Source struct {
 	svcInf  cache.SharedIndexInformer
 	epsInf  cache.SharedIndexInformer
 	podInf  cache.SharedIndexInformer
+	regs    []cache.ResourceEventHandlerRegistration // one per event handler
 
+	calc       sync.Mutex // serialises computing and storing a resource's endpoints
 	mu         sync.Mutex
 	byResource map[string][]endpoint.Endpoint
 	refs       map[string]*corev1.ObjectReference
@@ -113,73 +118,86 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Services {
 		s.svcInf = s.factory.Core().V1().Services().Informer()
 		_ = s.svcInf.SetTransform(stripService)
-		s.epsInf = s.factory.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, _ time.Duration) cache.SharedIndexInformer {
-			lw := cache.NewFilteredListWatchFromClient(c.DiscoveryV1().RESTClient(), "endpointslices", cfg.Namespace, func(o *metav1.ListOptions) {
-				o.LabelSelector = discoveryv1.LabelServiceName // only slices of a Service
-			})
-			return cache.NewSharedIndexInformer(lw, &discoveryv1.EndpointSlice{}, 0, cache.Indexers{svcIndex: func(obj any) ([]string, error) {
+		s.epsInf = s.factory.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+			return discoveryinformers.NewFilteredEndpointSliceInformer(c, cfg.Namespace, resync, cache.Indexers{svcIndex: func(obj any) ([]string, error) {
 				es, ok := obj.(*discoveryv1.EndpointSlice)
 				if !ok {
 					return nil, nil
 				}
 				return []string{es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]}, nil
-			}})
+			}}, func(o *metav1.ListOptions) {
+				o.LabelSelector = discoveryv1.LabelServiceName // only slices of a Service
+			})
 		})
 		_ = s.epsInf.SetTransform(stripSlice)
-		_, _ = s.svcInf.AddEventHandler(s.handler(func(obj any) string {
+		if err := s.addHandler(s.svcInf, func(obj any) string {
 			if m, ok := obj.(metav1.Object); ok {
 				return m.GetNamespace() + "/" + m.GetName()
 			}
 			return ""
-		}, s.serviceChanged))
-		_, _ = s.epsInf.AddEventHandler(s.handler(func(obj any) string {
+		}, s.serviceChanged); err != nil {
+			return nil, err
+		}
+		if err := s.addHandler(s.epsInf, func(obj any) string {
 			if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
 				return es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
 			}
 			return ""
-		}, s.serviceChanged))
+		}, s.serviceChanged); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Pods {
-		s.podInf = s.factory.InformerFor(&corev1.Pod{}, func(c kubernetes.Interface, _ time.Duration) cache.SharedIndexInformer {
-			lw := cache.NewFilteredListWatchFromClient(c.CoreV1().RESTClient(), "pods", cfg.Namespace, func(o *metav1.ListOptions) {
+		s.podInf = s.factory.InformerFor(&corev1.Pod{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+			return coreinformers.NewFilteredPodInformer(c, cfg.Namespace, resync, cache.Indexers{}, func(o *metav1.ListOptions) {
 				o.FieldSelector = fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String()
 			})
-			return cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{})
 		})
 		_ = s.podInf.SetTransform(stripPod)
-		_, _ = s.podInf.AddEventHandler(s.handler(func(obj any) string {
+		if err := s.addHandler(s.podInf, func(obj any) string {
 			if m, ok := obj.(metav1.Object); ok {
 				return m.GetNamespace() + "/" + m.GetName()
 			}
 			return ""
-		}, s.podChanged))
+		}, s.podChanged); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
-func (s *Source) handler(key func(any) string, changed func(string)) cache.ResourceEventHandler {
+// addHandler registers the event handler of one informer and keeps its
+// registration: the desired state is complete only once every handler has
+// processed its informer's initial list, not when the informer's store has
+// it (the handlers run behind the store, on their own goroutines).
+func (s *Source) addHandler(inf cache.SharedIndexInformer, key func(any) string, changed func(string)) error {
 	get := func(obj any) string {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = d.Obj
 		}
 		return key(obj)
 	}
-	return cache.ResourceEventHandlerFuncs{
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { changed(get(obj)) },
 		UpdateFunc: func(_, obj any) { changed(get(obj)) },
 		DeleteFunc: func(obj any) { changed(get(obj)) },
+	})
+	if err != nil {
+		return fmt.Errorf("add event handler: %w", err)
 	}
+	s.regs = append(s.regs, reg)
+	return nil
 }
 
-// Start runs the informers until ctx ends and waits for their caches; it
-// returns false if they did not sync (then nothing may be deleted).
+// Start runs the informers until ctx ends and waits until every event
+// handler has processed its informer's initial list (so the desired state
+// is complete); it returns false if that did not happen (then nothing may
+// be deleted).
 func (s *Source) Start(ctx context.Context) bool {
 	s.factory.Start(ctx.Done())
-	var synced []cache.InformerSynced
-	for _, inf := range []cache.SharedIndexInformer{s.svcInf, s.epsInf, s.podInf} {
-		if inf != nil {
-			synced = append(synced, inf.HasSynced)
-		}
+	synced := make([]cache.InformerSynced, 0, len(s.regs))
+	for _, reg := range s.regs {
+		synced = append(synced, reg.HasSynced)
 	}
 	return cache.WaitForCacheSync(ctx.Done(), synced...)
 }
@@ -187,19 +205,22 @@ func (s *Source) Start(ctx context.Context) bool {
 // Shutdown waits for the informer goroutines to end (after ctx's end).
 func (s *Source) Shutdown() { s.factory.Shutdown() }
 
-// Synced reports whether every informer has synced.
+// Synced reports whether every event handler has processed its informer's
+// initial list: a registration's HasSynced implies its informer's.
 func (s *Source) Synced() bool {
-	for _, inf := range []cache.SharedIndexInformer{s.svcInf, s.epsInf, s.podInf} {
-		if inf != nil && !inf.HasSynced() {
+	for _, reg := range s.regs {
+		if !reg.HasSynced() {
 			return false
 		}
 	}
 	return true
 }
 
-// set records a resource's endpoints and reports the names touched.
-func (s *Source) set(resource string, ref *corev1.ObjectReference, eps []endpoint.Endpoint) {
+// set records a resource's endpoints and returns the names touched (the
+// ones it had and has), for notify.
+func (s *Source) set(resource string, ref *corev1.ObjectReference, eps []endpoint.Endpoint) []string {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	touched := map[string]bool{}
 	for _, ep := range s.byResource[resource] {
 		touched[ep.Name] = true
@@ -224,13 +245,17 @@ func (s *Source) set(resource string, ref *corev1.ObjectReference, eps []endpoin
 			s.byName[ep.Name][resource] = true
 		}
 	}
-	s.mu.Unlock()
-	if len(touched) > 0 && s.cfg.OnChange != nil {
-		names := make([]string, 0, len(touched))
-		for n := range touched {
-			names = append(names, n)
-		}
-		sort.Strings(names)
+	names := make([]string, 0, len(touched))
+	for n := range touched {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// notify reports touched names to OnChange.
+func (s *Source) notify(names []string) {
+	if len(names) > 0 && s.cfg.OnChange != nil {
 		s.cfg.OnChange(names)
 	}
 }
@@ -359,23 +384,33 @@ func (s *Source) ttl(meta metav1.ObjectMeta, ref *corev1.ObjectReference) int {
 
 func isTrue(v string) bool { b, _ := strconv.ParseBool(v); return b }
 
+// serviceChanged recomputes a Service's endpoints. The Service's and its
+// EndpointSlices' handlers run on separate goroutines: without calc, one
+// could read the stores, the other read newer ones and store its result,
+// and the first then overwrite it with the older view.
 func (s *Source) serviceChanged(key string) {
+	s.calc.Lock()
+	names := s.updateService(key)
+	s.calc.Unlock()
+	s.notify(names)
+}
+
+func (s *Source) updateService(key string) []string {
 	ns, name, ok := strings.Cut(key, "/")
 	if !ok || s.svcInf == nil {
-		return
+		return nil
 	}
 	resource := "svc/" + key
 	obj, exists, err := s.svcInf.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
-		s.set(resource, nil, nil)
-		return
+		return s.set(resource, nil, nil)
 	}
 	svc, ok := obj.(*corev1.Service)
 	if !ok {
-		return
+		return nil
 	}
 	ref := &corev1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: ns, Name: name, UID: svc.UID}
-	s.set(resource, ref, s.serviceEndpoints(svc, ref, resource))
+	return s.set(resource, ref, s.serviceEndpoints(svc, ref, resource))
 }
 
 func (s *Source) serviceEndpoints(svc *corev1.Service, ref *corev1.ObjectReference, resource string) []endpoint.Endpoint {
@@ -467,24 +502,29 @@ func group(name string, targets []string, ttl int, resource string, adopt bool) 
 }
 
 func (s *Source) podChanged(key string) {
+	s.calc.Lock()
+	names := s.updatePod(key)
+	s.calc.Unlock()
+	s.notify(names)
+}
+
+func (s *Source) updatePod(key string) []string {
 	ns, name, ok := strings.Cut(key, "/")
 	if !ok || s.podInf == nil {
-		return
+		return nil
 	}
 	resource := "pod/" + key
 	obj, exists, err := s.podInf.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
-		s.set(resource, nil, nil)
-		return
+		return s.set(resource, nil, nil)
 	}
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
-		return
+		return nil
 	}
 	ref := &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: name, UID: pod.UID}
 	if !isTrue(pod.Annotations[Publish]) || isTrue(pod.Annotations[Ignore]) || pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
-		s.set(resource, ref, nil)
-		return
+		return s.set(resource, ref, nil)
 	}
 	var ips []string
 	for _, ip := range pod.Status.PodIPs {
@@ -498,7 +538,7 @@ func (s *Source) podChanged(key string) {
 	for _, n := range s.names(pod.ObjectMeta, "pod", ref) {
 		out = append(out, group(n, ips, ttl, resource, adopt)...)
 	}
-	s.set(resource, ref, out)
+	return s.set(resource, ref, out)
 }
 
 // ---- transforms: keep only what is used ----
