@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 )
 

@@ -28,7 +28,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/cloud/ecs/ecstest"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cloud/pvtz/pvtztest"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 )

@@ -17,9 +17,9 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 func TestResolvConfUpstreams(t *testing.T) {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	nodecacheplugin "github.com/dnsaccel/dnsaccel/plugin/nodecache"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // wedge makes p's serving path (part: chain, fastpath, all) block forever

@@ -16,8 +16,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // scrape returns the sum of every sample of the metric name.

@@ -21,9 +21,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // TestKernelCachePodNetns: pods whose interface has no host end (IPVLAN;

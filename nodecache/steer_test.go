@@ -25,9 +25,9 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 const (

@@ -22,9 +22,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dnsaccel/dnsaccel/cni/api"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 )
 
 var binDir string

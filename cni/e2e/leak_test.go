@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 )
 
 // An STS credential for the leak test: none of it may show anywhere.

@@ -17,9 +17,9 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/cni/agent"
 	"github.com/dnsaccel/dnsaccel/cni/api"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 )
 
 // vethHostSide checks the host side a veth pod with ip needs: its host

@@ -21,8 +21,8 @@ import (
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cni/agent"
 	"github.com/dnsaccel/dnsaccel/cni/api"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 )
 
 // podAddr reads eth0's IPv4 address inside the pod.

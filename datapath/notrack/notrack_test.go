@@ -18,7 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 func TestDescribe(t *testing.T) {

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 func TestMain(m *testing.M) {

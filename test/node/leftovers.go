@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // SteerStats reads the steering programs' counters from the pinned map:

@@ -49,15 +49,15 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/dnsaccel/dnsaccel/cni/api"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // Fixed facts of the node.

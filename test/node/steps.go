@@ -14,9 +14,9 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // The steps of the demo and of test/e2e. Each measures what it shows and

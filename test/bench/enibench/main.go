@@ -22,8 +22,8 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cni/api"
-	"github.com/dnsaccel/dnsaccel/cni/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
+	"github.com/dnsaccel/dnsaccel/test/cnitest"
 )
 
 // Section markers in docs/benchmarks.md.

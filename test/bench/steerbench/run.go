@@ -21,9 +21,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
-	"github.com/dnsaccel/dnsaccel/datapath/steertest"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // Config is what a run measures.
