@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 func TestMain(m *testing.M) {

@@ -28,9 +28,9 @@ import (
 	"github.com/dnsaccel/dnsaccel/cloud/ecs/ecstest"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cloud/pvtz/pvtztest"
-	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // The least-privilege check: the base's RBAC is applied to an API server
