@@ -100,8 +100,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	health := http.NewServeMux()
-	health.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
-	health.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+	// /healthz and /readyz, as every dnsaccel daemon names them; /health and
+	// /ready stay for node-local-dns's probes.
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") }
+	ready := func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "starting or stopping", http.StatusServiceUnavailable)
 			return
@@ -115,7 +117,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			return
 		}
 		fmt.Fprintln(w, "OK")
-	})
+	}
+	for _, p := range []string{"/healthz", "/health"} {
+		health.HandleFunc(p, live)
+	}
+	for _, p := range []string{"/readyz", "/ready"} {
+		health.HandleFunc(p, ready)
+	}
 	if a.DebugWedge {
 		health.HandleFunc("POST /debug/wedge", a.debugWedge)
 	}

@@ -64,8 +64,10 @@ func TestBinary(t *testing.T) {
 	})
 
 	waitFor(t, "ready", func() bool { return httpGet(health, "/ready") == 200 })
-	if code := httpGet(health, "/health"); code != 200 {
-		t.Fatalf("/health: %d", code)
+	for _, p := range []string{"/healthz", "/readyz", "/health", "/ready"} {
+		if code := httpGet(health, p); code != 200 {
+			t.Fatalf("%s: %d", p, code)
+		}
 	}
 	for i := 0; i < 3; i++ {
 		m := new(dns.Msg)

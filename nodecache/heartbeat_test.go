@@ -142,6 +142,9 @@ func TestHeartbeatReadinessWithoutSteering(t *testing.T) {
 	if d := time.Since(wedged); d > 2*time.Second {
 		t.Errorf("/ready failed only after %s, want <= 2s", d)
 	}
+	if code := httpGet(nc.health, "/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz: %d with /ready failing, want 503", code)
+	}
 	if !nc.running() || httpGet(nc.health, "/health") != http.StatusOK {
 		t.Errorf("the process should live on with /health 200")
 	}

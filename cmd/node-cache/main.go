@@ -28,7 +28,7 @@ func main() {
 	fs.StringArrayVar(&cfg.Upstreams, "upstream", nil, "IP:PORT of a resolver the cache forwards misses to (in Kubernetes mode: those outside the cluster zones), over TCP; repeatable (default: the nameservers of --resolv-conf)")
 	fs.StringVar(&cfg.Conf, "conf", "", "run this Corefile instead of the one generated from --listen and --upstream")
 	fs.StringVar(&cfg.Metrics, "metrics", ":9253", "ADDR serving Prometheus /metrics (empty: off)")
-	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /health (liveness: the process) and /ready (readiness: CoreDNS answers node-cache's own serving probes, and with steering the heartbeat is fresh) (empty: off)")
+	fs.StringVar(&cfg.Health, "health", ":8080", "ADDR serving /healthz (liveness: the process) and /readyz (readiness: CoreDNS answers node-cache's own serving probes, and with steering the heartbeat is fresh) (empty: off); /health and /ready are aliases, as node-local-dns names them")
 	version := fs.Bool("version", false, "print the version and exit")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where the default upstreams and the node's search domains are read from")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (default: the in-cluster service account when running in a pod); with either, node-cache runs in Kubernetes mode")
