@@ -114,7 +114,7 @@ func TestBinaryRejectsBadFlags(t *testing.T) {
 	}
 	out, _ = command(bin, "--help").CombinedOutput()
 	for _, f := range []string{"--listen", "--upstream", "--conf", "--metrics", "--health", "--resolv-conf",
-		"--kubeconfig", "--node-name", "--cluster-domain", "--cluster-upstream", "--print-config"} {
+		"--kubeconfig", "--node-name", "--cluster-domain", "--cluster-upstream", "--print-config", "--cache-max-bytes"} {
 		if !strings.Contains(string(out), f) {
 			t.Errorf("--help does not explain %s", f)
 		}

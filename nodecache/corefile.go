@@ -17,6 +17,8 @@ import (
 
 	"github.com/miekg/dns"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	nodecacheplugin "github.com/dnsaccel/dnsaccel/plugin/nodecache"
 )
 
 // Config is what the agent runs with; cmd/node-cache fills it from flags.
@@ -47,7 +49,46 @@ type Config struct {
 	// KernelCache answers hot names in the kernel, at pods' interfaces
 	// (with steering: it answers queries to the local IPs).
 	KernelCache KernelCache
+
+	// CacheMaxBytes is the generated blocks' max_bytes: the bytes each
+	// block's cached entries may take; 0 = DefaultCacheMaxBytes.
+	CacheMaxBytes ByteSize
 }
+
+// DefaultCacheMaxBytes is --cache-max-bytes' default, the plugin's: 64 MiB,
+// well below the 200 MiB memory limit node-cache pods commonly get.
+const DefaultCacheMaxBytes = ByteSize(nodecacheplugin.DefaultMaxBytes)
+
+// ByteSize is a size flag: bytes, or with a K, M or G suffix (powers of
+// 1024), as the nodecache plugin's max_bytes reads it.
+type ByteSize int64
+
+// Set implements pflag.Value.
+func (b *ByteSize) Set(s string) error {
+	n, err := nodecacheplugin.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*b = ByteSize(n)
+	return nil
+}
+
+// String writes b in the largest unit that keeps it exact.
+func (b *ByteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"G", 30}, {"M", 20}, {"K", 10}} {
+		if n > 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// Type implements pflag.Value.
+func (b *ByteSize) Type() string { return "SIZE" }
 
 // Mode names how the Corefile is made, for logs.
 func (c *Config) Mode() string {
@@ -406,6 +447,11 @@ func (c *Config) writeBlock(b *strings.Builder, port int, binds []string, blk bl
 		// steered VIP itself).
 		fmt.Fprintf(b, "        upstream_mark %#x\n", c.Steer.UpstreamMark)
 	}
+	size := c.CacheMaxBytes
+	if size <= 0 {
+		size = DefaultCacheMaxBytes
+	}
+	fmt.Fprintf(b, "        max_bytes %s\n", size.String())
 	b.WriteString("    }\n}\n")
 }
 

@@ -14,6 +14,7 @@ const cacheOpts = `        success 9984
         denial 9984 30
         prefetch 10 1m 10%
         serve_stale 1h
+        max_bytes 64M
     }
 }
 `

@@ -48,6 +48,8 @@ func main() {
 	fs.StringVar(&cfg.KernelCache.Interfaces, "kernel-cache-interfaces", "", "REGEX: with --kernel-cache, only host interfaces whose names match get the tc program (empty: every veth)")
 	fs.StringVar(&cfg.KernelCache.NetnsDir, "kernel-cache-netns-dir", nodecache.DefaultNetnsDir, "DIR: with --kernel-cache, where the container runtime bind-mounts pods' network namespaces (containerd, CRI-O: /var/run/netns); in each, the egress of ipvlan and macvlan interfaces (pod interfaces with no host end to attach to) gets the tc program; empty: not watched")
 	fs.IntVar(&cfg.KernelCache.MaxBytes, "kernel-cache-max-bytes", nodecache.DefaultKernelCacheMaxBytes, "largest response (bytes) answered from the kernel, which also never answers more than the client's UDP size (512 without EDNS0); larger ones are answered by node-cache")
+	cfg.CacheMaxBytes = nodecache.DefaultCacheMaxBytes
+	fs.Var(&cfg.CacheMaxBytes, "cache-max-bytes", "bytes the cached answers of each generated server block may take (positive and negative together), least recently used evicted first: bytes, or with a K, M or G suffix (powers of 1024); keep it well below the container's memory limit (answers over TCP reach 64 KiB each)")
 	mark := fs.String("upstream-mark", fmt.Sprintf("%#x", nodecache.DefaultUpstreamMark), "steering: SO_MARK of the cache's upstream sockets, which are never steered (so the upstream may be the steered VIP)")
 	fs.BoolVar(&cfg.Steer.Notrack, "notrack", true, "steering: keep the cache's own traffic (to and from --local-ip, port 53) out of conntrack with NOTRACK rules at raw priority in an nftables table of its own, written over netlink (no nft or iptables binary); its upstream queries stay tracked. Where nftables is not available node-cache warns and steers without it. false: no table (one a previous node-cache left is removed)")
 	fs.StringVar(&cfg.Steer.NotrackTable, "notrack-table", notrack.DefaultTable, "steering: name of that nftables table (family inet)")
@@ -74,6 +76,8 @@ func main() {
 		if err == pflag.ErrHelp {
 			os.Exit(0)
 		}
+		// pflag prints nothing itself with ContinueOnError.
+		fmt.Fprintf(os.Stderr, "node-cache: %v (see --help)\n", err)
 		os.Exit(2)
 	}
 	if *version {

@@ -25,7 +25,7 @@ type entry struct {
 
 	hits       atomic.Uint32 // hits in the current popularity window (prefetch)
 	lastHit    atomic.Int64
-	refreshing atomic.Bool   // one prefetch per entry at a time
+	refreshing atomic.Bool   // one background refresh (prefetch, stale) per entry at a time
 	fastOn     atomic.Uint64 // bit per fast-path listener that may serve this entry
 	served     atomic.Uint32 // hits counted towards offloading (see noteHot)
 	offloaded  atomic.Bool   // held by the offload, which may be answering it

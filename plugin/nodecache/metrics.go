@@ -47,8 +47,12 @@ var (
 	})
 	evictions = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "evictions_total",
-		Help: "Entries evicted to make room, by cache type.",
-	}, []string{"type"})
+		Help: "Entries evicted to make room, by cache type and reason: entries (the cache type's capacity) or bytes (the block's max_bytes).",
+	}, []string{"type", "reason"})
+	_ = promauto.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "bytes",
+		Help: "Bytes the cached entries of every nodecache block are accounted for (messages and bookkeeping), each block bounded by its max_bytes.",
+	}, func() float64 { return float64(cachedBytes()) })
 	entries = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace, Subsystem: pluginName, Name: "entries",
 		Help: "Entries in the cache, by cache type.",

@@ -8,6 +8,7 @@ package nodecache
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,7 +45,13 @@ type Options struct {
 	Timeout        time.Duration // whole upstream resolution, all attempts
 	FastPath       int           // UDP fast-path sockets per listener; 0 = off, -1 = one per CPU
 	UpstreamMark   uint32        // SO_MARK of upstream sockets; 0 = none
+	MaxBytes       int64         // bytes the entries of both caches may take together
 }
+
+// DefaultMaxBytes is the default byte budget of a nodecache block's
+// entries: well below the 200 MiB memory limit node-local-dns DaemonSets
+// commonly run with, whatever the entry capacities.
+const DefaultMaxBytes = 64 << 20
 
 // DefaultOptions are the values used for everything a Corefile leaves out.
 func DefaultOptions() Options {
@@ -61,6 +68,7 @@ func DefaultOptions() Options {
 		HealthCheck:    500 * time.Millisecond,
 		Timeout:        5 * time.Second,
 		FastPath:       -1,
+		MaxBytes:       DefaultMaxBytes,
 	}
 }
 
@@ -72,6 +80,7 @@ type NodeCache struct {
 	pool    *upstream.Pool
 	success *store
 	denial  *store
+	bytes   *budget // of success and denial together
 	flights flightGroup
 
 	// fastSafe is true when nothing before nodecache in its server block can
@@ -95,10 +104,15 @@ func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // New builds a NodeCache; Start must be called before it serves.
 func New(opts Options) *NodeCache {
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	b := newBudget(opts.MaxBytes)
 	c := &NodeCache{
 		opts:    opts,
-		success: newStore(opts.SuccessCap, dropped),
-		denial:  newStore(opts.DenialCap, dropped),
+		success: newStore("success", opts.SuccessCap, b, dropped),
+		denial:  newStore("denial", opts.DenialCap, b, dropped),
+		bytes:   b,
 		clock:   monoNow,
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -118,6 +132,7 @@ func (c *NodeCache) Start() error {
 		return err
 	}
 	c.pool = p
+	c.bytes.register()
 	return nil
 }
 
@@ -127,6 +142,7 @@ func (c *NodeCache) Stop() error {
 	c.cancel()
 	c.withdrawAll() // after cancel: a stopped cache offers nothing more
 	c.bg.Wait()
+	c.bytes.unregister()
 	if c.pool != nil {
 		return c.pool.Close()
 	}
@@ -174,8 +190,13 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	stale := c.usableStale(e, now)
 	if stale != nil && c.allUpstreamsDown() {
 		// Serve at once and refresh behind: waiting for upstreams known to be
-		// down would only add their timeout to every answer.
-		c.refreshAsync(k, r, server)
+		// down would only add their timeout to every answer. One refresh
+		// per entry at a time: at thousands of queries a second for stale
+		// entries, a refresh per query would pile up goroutines, each
+		// waiting out the upstream timeout.
+		if stale.refreshing.CompareAndSwap(false, true) {
+			c.refreshAsync(k, stale, r, server)
+		}
 		return c.writeStale(w, server, stale, &a, now)
 	}
 
@@ -190,12 +211,7 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		c.allowFastPath(ctx, res.e, &q)
 		return c.write(w, res.e, &a, c.clock())
 	}
-	m := res.msg.Copy()
-	m.Id = r.Id
-	m.Question[0].Name = q.Name
-	m.RecursionDesired = r.RecursionDesired
-	w.WriteMsg(m)
-	return m.Rcode, nil
+	return c.writeMsg(w, r, res.msg)
 }
 
 // zone is the server block's zone, "." outside CoreDNS setup.
@@ -250,7 +266,7 @@ func (c *NodeCache) write(w dns.ResponseWriter, e *entry, a *answer, now int64) 
 		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
 	}
 	w.WriteMsg(m)
-	return m.Rcode, nil
+	return written(m.Rcode), nil
 }
 
 func (c *NodeCache) writeStale(w dns.ResponseWriter, server string, e *entry, a *answer, now int64) (int, error) {
@@ -352,8 +368,14 @@ func (c *NodeCache) store(k key, resp *dns.Msg, server string) result {
 		e.fastOn.Store(old.fastOn.Load())
 	}
 	e.live.Store(true)
-	if in.add(k, e) {
-		evictions.WithLabelValues(cacheType(e)).Inc()
+	if !in.add(k, e) {
+		// Larger than the whole byte budget: served, not kept, and the
+		// answer it replaces goes too.
+		e.live.Store(false)
+		if old != nil {
+			in.remove(k, old)
+		}
+		return result{e: e}
 	}
 	c.replaced(k, old, e)
 	entries.WithLabelValues(server, "success").Set(float64(c.success.len()))
@@ -386,16 +408,19 @@ func (c *NodeCache) maybePrefetch(k key, e *entry, now int64, server string, que
 		return
 	}
 	prefetches.Inc()
-	c.refreshAsync(k, query(), server)
+	c.refreshAsync(k, e, query(), server)
 }
 
-// refreshAsync re-resolves k in the background (prefetch, stale refresh).
-func (c *NodeCache) refreshAsync(k key, r *dns.Msg, server string) {
+// refreshAsync re-resolves k in the background (prefetch, stale refresh)
+// for e, whose refreshing flag the caller has set: it is cleared when the
+// refresh ends, so a failed one may be tried again.
+func (c *NodeCache) refreshAsync(k key, e *entry, r *dns.Msg, server string) {
 	k.name = append([]byte(nil), k.name...)
 	r = r.Copy()
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
+		defer e.refreshing.Store(false)
 		if c.ctx.Err() != nil {
 			return
 		}
@@ -412,6 +437,42 @@ func (c *NodeCache) forwardUncached(ctx context.Context, w dns.ResponseWriter, r
 	if err != nil {
 		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
 	}
-	w.WriteMsg(resp)
-	return resp.Rcode, nil
+	return c.writeMsg(w, r, resp)
+}
+
+// writeMsg answers r with an upstream response that is not rendered from
+// an entry (uncacheable answers, queries forwarded as they are), made to
+// look as a rendered entry would: r's ID, RD bit and letter case, and the
+// upstream's OPT record replaced by ours when r has one and dropped when it
+// has none (RFC 6891 section 7). resp is not modified: other clients may be
+// answered from it.
+func (c *NodeCache) writeMsg(w dns.ResponseWriter, r, resp *dns.Msg) (int, error) {
+	m := resp.Copy()
+	m.Id = r.Id
+	m.RecursionDesired = r.RecursionDesired
+	if len(m.Question) == 1 && len(r.Question) == 1 && strings.EqualFold(m.Question[0].Name, r.Question[0].Name) {
+		m.Question[0].Name = r.Question[0].Name
+	}
+	m.Extra = stripOPT(m.Extra)
+	if o := r.IsEdns0(); o != nil {
+		m.SetEdns0(ednsAdvertise, o.Do())
+	} else if m.Rcode > 0xF {
+		// An extended RCODE lives in the OPT record, which this client
+		// cannot be sent.
+		m.Rcode = dns.RcodeServerFailure
+	}
+	w.WriteMsg(m)
+	return written(m.Rcode), nil
+}
+
+// written is what ServeDNS returns for a reply it has written: an RCODE
+// for which CoreDNS's server writes nothing more. For SERVFAIL, REFUSED,
+// FORMERR and NOTIMP the server would write an error reply of its own
+// after ours (plugin.ClientWrite); the metrics plugin reads the RCODE from
+// the reply written anyway.
+func written(rcode int) int {
+	if plugin.ClientWrite(rcode) {
+		return rcode
+	}
+	return dns.RcodeSuccess
 }

@@ -58,6 +58,7 @@ func setup(c *caddy.Controller) error {
 //	    health_check DURATION
 //	    fastpath off|SOCKETS
 //	    upstream_mark MARK
+//	    max_bytes SIZE
 //	}
 func parse(c *caddy.Controller) (Options, error) {
 	opts := DefaultOptions()
@@ -216,10 +217,51 @@ func parseOption(c *caddy.Controller, o *Options) error {
 			return c.Errf("upstream_mark: %q is not a 32-bit number (0x... or decimal)", args[0])
 		}
 		o.UpstreamMark = uint32(m)
+	case "max_bytes":
+		if err := argc(1, 1); err != nil {
+			return err
+		}
+		n, err := ParseSize(args[0])
+		if err != nil {
+			return c.Errf("max_bytes: %v", err)
+		}
+		o.MaxBytes = n
 	default:
 		return c.Errf("unknown option %q", opt)
 	}
 	return nil
+}
+
+// maxSize bounds ParseSize: far above any memory a cache is given, far
+// below overflow.
+const maxSize = 1 << 40
+
+// ParseSize reads a byte size: a positive number of bytes, optionally with
+// a K, M or G suffix (powers of 1024: 64M is 64 MiB), as max_bytes and
+// node-cache's --cache-max-bytes take it.
+func ParseSize(s string) (int64, error) {
+	num, mult := s, int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult != 1 {
+			num = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v <= 0 || num[0] == '+' {
+		return 0, fmt.Errorf("%q is not a size (a positive number of bytes, or with a K, M or G suffix)", s)
+	}
+	if v > maxSize/mult {
+		return 0, fmt.Errorf("%q is more than 1T", s)
+	}
+	return v * mult, nil
 }
 
 func positiveInt(s string) (int, error) {

@@ -179,7 +179,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestStoreCollision(t *testing.T) {
-	s := newStore(100, nil)
+	s := newStore("success", 100, newBudget(DefaultMaxBytes), nil)
 	k := makeKey([]byte("\x01a\x00"), dns.TypeA, dns.ClassINET, false, false)
 	e := &entry{}
 	s.add(k, e)

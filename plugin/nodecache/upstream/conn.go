@@ -209,13 +209,40 @@ func (c *conn) readLoop() {
 		if b, err = readFrame(br, hdr); err != nil {
 			break
 		}
-		var m *dns.Msg
-		if m, err = parseResponse(b); err != nil {
-			break
+		m, perr := parseResponse(b)
+		if perr != nil {
+			// The framing is intact (the length prefix covered the whole
+			// message), so the stream is still in step: only this answer
+			// is lost, not the connection and the queries in flight on it.
+			c.reject(b, perr)
+			continue
 		}
 		c.deliver(m)
 	}
 	c.shutdown(err)
+}
+
+// reject drops an answer that does not parse. The query it answers, if its
+// ID and question say which, fails now (and fails over) instead of waiting
+// for its timeout; the others keep waiting.
+func (c *conn) reject(b []byte, perr error) {
+	id, ok := unparsedAnswerTo(b)
+	c.mu.Lock()
+	w := c.pending[id]
+	if !ok || w == nil || !w.q.matchesWire(b) {
+		c.mu.Unlock()
+		mismatchedTotal.Inc()
+		return
+	}
+	delete(c.pending, id)
+	// The upstream is answering: the conn is not stuck.
+	c.lastAnswer = time.Now()
+	drained := c.retiring && len(c.pending) == 0
+	c.mu.Unlock()
+	w.complete(result{err: &attemptError{to: c.u.addr.Host, reason: reasonProtocol, err: fmt.Errorf("unparsable answer: %w", perr)}})
+	if drained {
+		c.kill(errRetired)
+	}
 }
 
 // deliver hands m to the query it answers. An answer whose ID matches no

@@ -806,3 +806,100 @@ func TestHeadOfLineStall(t *testing.T) {
 	}
 	releaseOnce.Do(func() { close(release) })
 }
+
+// TestUnparsableAnswerKeepsConn: one answer that does not parse, well
+// framed, among pipelined good ones fails its own query (at once) and
+// nothing else: the connection stays, the other queries in flight on it get
+// their answers.
+func TestUnparsableAnswerKeepsConn(t *testing.T) {
+	tests := []struct {
+		name    string
+		async   bool
+		queries int
+	}{
+		{name: "Exchange", queries: 20},
+		{name: "ExchangeAsync", async: true, queries: 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkGoroutines(t)
+			srv := newTestServer(t, bNormal)
+			p := newPool(t, Config{Upstreams: []Addr{mustAddr(t, srv.addr)}, ConnsPerUpstream: 1, Timeout: 3 * time.Second, MaxFails: 100})
+			// Open the one connection first, so every query below is on it.
+			if _, err := p.Exchange(context.Background(), query("warm.example.")); err != nil {
+				t.Fatalf("warm-up: %v", err)
+			}
+			if m := new(dns.Msg); m.Unpack(poison(mustPack(t, answer(query("poison.example."), "tcp")))) == nil {
+				t.Fatal("the poisoned answer parses: the test proves nothing")
+			}
+			// The server holds the answers until every query is in, then
+			// writes them all (reversed), the poisoned one among them.
+			srv.batch = tt.queries
+			srv.setMode(bReverse)
+
+			type res struct {
+				q   *dns.Msg
+				msg *dns.Msg
+				err error
+			}
+			results := make(chan res, tt.queries)
+			for i := range tt.queries {
+				name := fmt.Sprintf("q%d.example.", i)
+				if i == tt.queries/2 {
+					name = "poison.example."
+				}
+				q := query(name)
+				q.Id = uint16(1000 + i)
+				if tt.async {
+					wire, err := q.Pack()
+					if err != nil {
+						t.Fatal(err)
+					}
+					p.ExchangeAsync(wire, time.Now().Add(5*time.Second), func(m *dns.Msg, err error) { results <- res{q, m, err} })
+					continue
+				}
+				go func() {
+					m, err := p.Exchange(context.Background(), q)
+					results <- res{q, m, err}
+				}()
+			}
+			start := time.Now()
+			for range tt.queries {
+				r := <-results
+				name := r.q.Question[0].Name
+				if name == "poison.example." {
+					if !errors.Is(r.err, errProtocol) {
+						t.Errorf("poisoned query: %v, %v; want a protocol error", r.msg, r.err)
+					}
+					continue
+				}
+				if r.err != nil {
+					t.Errorf("%s: %v", name, r.err)
+					continue
+				}
+				checkAnswer(t, r.q, r.msg)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("answers took %v: something waited for a timeout", d)
+			}
+			if n := srv.accepted.Load(); n != 1 {
+				t.Errorf("server accepted %d connections, want 1: the unparsable answer cost the connection", n)
+			}
+			if st := p.Upstreams()[0]; st.OpenConns != 1 {
+				t.Errorf("%d connections open, want 1", st.OpenConns)
+			}
+			if n := pendingTotal(p); n != 0 {
+				t.Errorf("%d queries still registered", n)
+			}
+		})
+	}
+}
+
+func mustPack(t testing.TB, m *dns.Msg) []byte {
+	t.Helper()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -227,6 +227,9 @@ func (s *testServer) serveConn(c net.Conn, idx int) {
 		if err != nil {
 			panic(err)
 		}
+		if len(m.Question) == 1 && strings.HasPrefix(m.Question[0].Name, "poison.") {
+			b = poison(b)
+		}
 		write(append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...))
 	}
 	answered := func() { s.inflight.Add(-1) }
@@ -317,6 +320,16 @@ func (s *testServer) serveConn(c net.Conn, idx int) {
 			writeMsg(ans)
 		}
 	}
+}
+
+// poison turns a packed answer into one that keeps its header and
+// question but does not parse: one more answer record, whose owner name is
+// a compression pointer to itself. Names starting "poison." get it on TCP.
+func poison(b []byte) []byte {
+	b = append([]byte(nil), b...)
+	binary.BigEndian.PutUint16(b[6:], binary.BigEndian.Uint16(b[6:])+1)
+	self := len(b)
+	return append(b, 0xC0|byte(self>>8), byte(self), 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 1)
 }
 
 func (s *testServer) serveUDP(w dns.ResponseWriter, q *dns.Msg) {

@@ -10,8 +10,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// errProtocol marks a stream that cannot be trusted any more (bad framing or
-// an answer that does not parse); the connection is closed.
+// errProtocol marks bad framing, after which the stream cannot be trusted
+// any more (the connection is closed), or an answer that does not parse
+// (dropped: its query fails, the connection stays).
 var errProtocol = errors.New("protocol error")
 
 // readFrame reads one RFC 1035 section 4.2.2 length-prefixed message from r.
@@ -51,6 +52,35 @@ func parseResponse(b []byte) (*dns.Msg, error) {
 		return nil, fmt.Errorf("%w: %v", errProtocol, err)
 	}
 	return m, nil
+}
+
+// unparsedAnswerTo reads the ID of a message that did not parse as a
+// whole; ok is false if it is no response at all (QR clear, or shorter than
+// a header).
+func unparsedAnswerTo(b []byte) (id uint16, ok bool) {
+	if len(b) < dnsHeaderLen || b[2]&0x80 == 0 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(b), true
+}
+
+// matchesWire is matches for a message that did not parse as a whole: if
+// its question section can be read it must be q; if it cannot, the ID
+// alone decides (the caller's), so that the query fails at once rather
+// than at its timeout.
+func (q question) matchesWire(b []byte) bool {
+	if len(b) < dnsHeaderLen {
+		return false
+	}
+	if qd := binary.BigEndian.Uint16(b[4:]); qd != 1 {
+		return qd == 0 && !q.has
+	}
+	name, off, err := dns.UnpackDomainName(b, dnsHeaderLen)
+	if err != nil || off+4 > len(b) {
+		return true
+	}
+	return q.has && binary.BigEndian.Uint16(b[off:]) == q.qtype &&
+		binary.BigEndian.Uint16(b[off+2:]) == q.class && strings.EqualFold(name, q.name)
 }
 
 // question is the part of a query an answer must echo.

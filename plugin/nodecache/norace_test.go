@@ -1,0 +1,5 @@
+//go:build !race
+
+package nodecache_test
+
+const raceEnabled = false
