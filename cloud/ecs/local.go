@@ -8,10 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -149,30 +149,15 @@ func NewLocal(cfg LocalConfig, vsws []LocalVSwitch) (_ *Local, err error) {
 	return l, nil
 }
 
-// inNS runs f on a locked thread inside ns.
+// inNS runs f inside the namespace h, on a locked thread (containernetworking's
+// ns.Do, which throws the thread away if it cannot return).
 func inNS(h netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err) // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	target, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", int(h)))
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return target.Do(func(ns.NetNS) error { return f() })
 }
 
 // Netns is the VPC namespace's name.

@@ -228,7 +228,7 @@ func TestErrors(t *testing.T) {
 				}
 				return nil
 			}},
-		{name: "credentials rejected", args: []string{"zones"}, code: 2, stderr: "access key id LTAIkey",
+		{name: "credentials rejected", args: []string{"zones"}, code: 2, stderr: "rejected the credentials of access key id",
 			fail: func(string, endpoint.Record) error {
 				return &provider.CredentialError{AccessKeyID: "LTAIkey", Err: errors.New("InvalidAccessKeyId.NotFound")}
 			}},

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +32,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/cloud/ecs/ecstest"
 	"github.com/dnsaccel/dnsaccel/cloud/openapi"
 	"github.com/dnsaccel/dnsaccel/cni/api"
+	testnetns "github.com/dnsaccel/dnsaccel/test/netns"
 )
 
 // Name prefixes of what this package creates (Sweep removes leftovers).
@@ -373,33 +373,7 @@ func (p *Pod) Close() error {
 }
 
 // Do runs f on a thread inside the pod namespace.
-func (p *Pod) Do(f func() error) error { return DoIn(p.h, f) }
-
-// DoIn runs f on a locked thread inside h.
-func DoIn(h netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (p *Pod) Do(f func() error) error { return testnetns.DoIn(p.h, f) }
 
 // RuntimeConf is the libcni runtime configuration for the pod.
 func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
@@ -508,7 +482,7 @@ func Echo(ctx context.Context, h netns.NsHandle, addr string) (string, error) {
 	if h == netns.None() {
 		err = listen()
 	} else {
-		err = DoIn(h, listen)
+		err = testnetns.DoIn(h, listen)
 	}
 	if err != nil {
 		return "", err
@@ -541,7 +515,7 @@ func RoundTrip(h netns.NsHandle, dst string, timeout time.Duration) error {
 	if h == netns.None() {
 		err = dial()
 	} else {
-		err = DoIn(h, dial)
+		err = testnetns.DoIn(h, dial)
 	}
 	if err != nil {
 		return err

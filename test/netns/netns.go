@@ -16,13 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -569,49 +569,37 @@ func (p *Pod) Exec(ctx context.Context, cmd ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// Do runs fn on an OS thread switched into the pod's network namespace (as
-// containernetworking's ns.Do). Sockets created in fn stay in the pod's
-// namespace and may be used after Do returns; goroutines started by fn run
-// in the host namespace. The file system view is the host's (no resolv.conf
-// bind mount): use Exec for glibc resolution.
+// Do runs fn on an OS thread switched into the pod's network namespace
+// (DoIn). Sockets created in fn stay in the pod's namespace and may be used
+// after Do returns; goroutines started by fn run in the host namespace. The
+// file system view is the host's (no resolv.conf bind mount): use Exec for
+// glibc resolution.
 func (p *Pod) Do(fn func() error) error {
 	if p.closed || p.ns == netns.None() {
 		return fmt.Errorf("pod %s is closed", p.Name)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(p.ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns %s: %w", p.Name, err)
-			return
-		}
-		var ferr error
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					ferr = fmt.Errorf("panic in Do(%s): %v", p.Name, r)
-				}
-			}()
-			ferr = fn()
+	return DoIn(p.ns, fn)
+}
+
+// DoIn runs fn inside the network namespace h, with containernetworking's
+// ns.Do: on a locked OS thread, which is thrown away rather than reused if
+// it cannot return to the host namespace. The one way tests enter a
+// namespace. A panic in fn is returned as an error, so a failing check
+// cannot leave a test binary's thread behind in the wrong namespace.
+func DoIn(h netns.NsHandle, fn func() error) error {
+	target, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", int(h)))
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return target.Do(func(ns.NetNS) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic inside the namespace: %v", r)
+			}
 		}()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime then terminates it
-			// instead of reusing it in the wrong namespace.
-			errc <- errors.Join(ferr, fmt.Errorf("returning to the host netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+		return fn()
+	})
 }
 
 func rmIfExists(path string) error {

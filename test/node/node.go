@@ -52,7 +52,6 @@ import (
 	"github.com/dnsaccel/dnsaccel/cni/netsetup"
 	"github.com/dnsaccel/dnsaccel/datapath"
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
-	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/cnitest"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
@@ -698,7 +697,7 @@ func (n *Node) StartNodeCache(ctx context.Context) error {
 	var err error
 	if n.BPFFS == "" {
 		// The tag names the local IP, for sweep to remove after a crash.
-		n.BPFFS, n.unmountBPFFS, err = bench.PrivateBPFFS(bpffsPrefix, n.localIP().String())
+		n.BPFFS, n.unmountBPFFS, err = steertest.PrivateBPFFS(bpffsPrefix, n.localIP().String())
 		if err != nil {
 			return err
 		}
@@ -1017,7 +1016,7 @@ func decodeJSONLine(path, key string, into any) bool {
 func sweep() {
 	cnitest.Sweep()
 	_ = netns.Sweep()
-	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
+	steertest.SweepBPFFS(bpffsPrefix, func(tag string) {
 		a, err := netip.ParseAddr(tag)
 		if err != nil || !a.IsLinkLocalUnicast() {
 			return

@@ -299,59 +299,23 @@ func HasAddr(ifname string, a netip.Addr) (bool, error) {
 	return false, nil
 }
 
-// BPFFS mounts a private bpf file system for one test and removes it (with
-// every pin in it) when the test ends.
+// BPFFS mounts a private bpf file system for one test (PrivateBPFFS) and
+// removes it (with every pin in it) when the test ends. The first call
+// sweeps those of test binaries that died before their cleanup.
 func BPFFS(t testing.TB) string {
 	t.Helper()
-	sweepOnce.Do(sweepBPFFS)
-	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", bpffsPrefix, os.Getpid()))
+	sweepOnce.Do(func() { SweepBPFFS(bpffsPrefix, nil) })
+	dir, unmount, err := PrivateBPFFS(bpffsPrefix, "test")
 	if err != nil {
-		t.Fatal(err)
+		cluster.SkipOrFail(t, "%v", err)
 	}
-	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(dir)
-		cluster.SkipOrFail(t, "mounting a bpf file system: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-		os.Remove(dir)
-	})
+	t.Cleanup(unmount)
 	return dir
 }
 
 const bpffsPrefix = "dnsaccel-bpffs-"
 
 var sweepOnce sync.Once
-
-// sweepBPFFS unmounts the bpf file systems of test binaries that died
-// before their cleanup (named after their pid): that detaches and frees
-// the programs pinned there.
-func sweepBPFFS() {
-	mounts, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 || f[2] != "bpf" {
-			continue
-		}
-		dir := f[1]
-		rest, ok := strings.CutPrefix(filepath.Base(dir), bpffsPrefix)
-		if !ok || filepath.Dir(dir) != filepath.Clean(os.TempDir()) {
-			continue
-		}
-		pid, _, _ := strings.Cut(rest, "-")
-		if _, err := os.Stat("/proc/" + pid); err == nil {
-			continue // its owner runs
-		}
-		if unix.Unmount(dir, unix.MNT_DETACH) == nil {
-			os.Remove(dir)
-		}
-	}
-}
 
 func randomAddr(p netip.Prefix) netip.Addr {
 	var b [2]byte

@@ -24,6 +24,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
 // The systems, all serving the same pod through the steering.
@@ -552,7 +553,7 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	e.defer_(func() { os.RemoveAll(e.dir) })
 	e.local, e.vip = freeLinkLocal(), randomAddr(10, 246)
-	bpffs, unmount, err := bench.PrivateBPFFS(bpffsPrefix, e.local.String())
+	bpffs, unmount, err := steertest.PrivateBPFFS(bpffsPrefix, e.local.String())
 	if err != nil {
 		return err
 	}
@@ -589,12 +590,12 @@ func (e *env) setup(ctx context.Context) error {
 // the programs pinned there), the cache's address on lo, node-cache's
 // NOTRACK table, its directory.
 func sweep() {
-	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
+	steertest.SweepBPFFS(bpffsPrefix, func(tag string) {
 		if a, err := netip.ParseAddr(tag); err == nil && a.IsLinkLocalUnicast() {
 			delAddr(a)
 		}
 	})
-	bench.SweepNotrackTables("kcachebench")
+	steertest.SweepNotrackTables("kcachebench")
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), runPrefix+"*"))
 	for _, d := range dirs {
 		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), runPrefix), "-")
@@ -650,7 +651,7 @@ func (e *env) startNodeCache(ctx context.Context, kernel bool) (*server, error) 
 	}
 	// A NOTRACK table of its own name, never a real node-cache's.
 	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo",
-		"--notrack-table", bench.NotrackTable("kcachebench")}
+		"--notrack-table", steertest.NotrackTable("kcachebench")}
 	cleanup := func() {
 		if out, err := exec.Command(e.nodeBin, append([]string{"--cleanup"}, steer...)...).CombinedOutput(); err != nil {
 			e.logf("node-cache --cleanup: %v: %s", err, out)

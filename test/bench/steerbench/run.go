@@ -241,7 +241,7 @@ func (e *env) setup(ctx context.Context) error {
 	// after a killed one.
 	sweep()
 	var unmount func()
-	if e.bpffs, unmount, err = bench.PrivateBPFFS(bpffsPrefix, e.local.String()); err != nil {
+	if e.bpffs, unmount, err = steertest.PrivateBPFFS(bpffsPrefix, e.local.String()); err != nil {
 		return err
 	}
 	e.defer_(unmount)
@@ -277,7 +277,7 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	health := "127.0.0.1:" + strconv.Itoa(hp)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("steerbench-node-cache-%d.log", os.Getpid()))
-	e.table = notrack.Table{Name: bench.NotrackTable(tablePrefix)}
+	e.table = notrack.Table{Name: steertest.NotrackTable(tablePrefix)}
 	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo", "--notrack-table", e.table.Name}
 	e.defer_(func() {
 		exec.Command(e.nodeBin, append([]string{"--cleanup"}, steerFlags...)...).Run()
@@ -596,7 +596,7 @@ const (
 // node-cache's NOTRACK table.
 func sweep() {
 	removeIptables()
-	bench.SweepNotrackTables(tablePrefix)
+	steertest.SweepNotrackTables(tablePrefix)
 	logs, _ := filepath.Glob(filepath.Join(os.TempDir(), "steerbench-node-cache-*.log"))
 	for _, l := range logs {
 		pid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(l), "steerbench-node-cache-"), ".log")
@@ -606,7 +606,7 @@ func sweep() {
 	}
 	// A killed run's bpf file system (the pins go with it) and its
 	// cache address on lo.
-	bench.SweepBPFFS(bpffsPrefix, func(tag string) {
+	steertest.SweepBPFFS(bpffsPrefix, func(tag string) {
 		if a, err := netip.ParseAddr(tag); err == nil {
 			if lo, err := netlink.LinkByName("lo"); err == nil {
 				netlink.AddrDel(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}})
