@@ -24,6 +24,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/notracktest"
 	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
@@ -595,7 +596,7 @@ func sweep() {
 			delAddr(a)
 		}
 	})
-	steertest.SweepNotrackTables("kcachebench")
+	notracktest.SweepNotrackTables("kcachebench")
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), runPrefix+"*"))
 	for _, d := range dirs {
 		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), runPrefix), "-")
@@ -651,7 +652,7 @@ func (e *env) startNodeCache(ctx context.Context, kernel bool) (*server, error) 
 	}
 	// A NOTRACK table of its own name, never a real node-cache's.
 	steer := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo",
-		"--notrack-table", steertest.NotrackTable("kcachebench")}
+		"--notrack-table", notracktest.NotrackTable("kcachebench")}
 	cleanup := func() {
 		if out, err := exec.Command(e.nodeBin, append([]string{"--cleanup"}, steer...)...).CombinedOutput(); err != nil {
 			e.logf("node-cache --cleanup: %v: %s", err, out)

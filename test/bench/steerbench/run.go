@@ -23,6 +23,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/datapath/notrack"
 	"github.com/dnsaccel/dnsaccel/test/bench"
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/notracktest"
 	"github.com/dnsaccel/dnsaccel/test/steertest"
 )
 
@@ -277,7 +278,7 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	health := "127.0.0.1:" + strconv.Itoa(hp)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("steerbench-node-cache-%d.log", os.Getpid()))
-	e.table = notrack.Table{Name: steertest.NotrackTable(tablePrefix)}
+	e.table = notrack.Table{Name: notracktest.NotrackTable(tablePrefix)}
 	steerFlags := []string{"--bpffs", e.bpffs, "--local-ip", e.local.String(), "--interface", "lo", "--notrack-table", e.table.Name}
 	e.defer_(func() {
 		exec.Command(e.nodeBin, append([]string{"--cleanup"}, steerFlags...)...).Run()
@@ -596,7 +597,7 @@ const (
 // node-cache's NOTRACK table.
 func sweep() {
 	removeIptables()
-	steertest.SweepNotrackTables(tablePrefix)
+	notracktest.SweepNotrackTables(tablePrefix)
 	logs, _ := filepath.Glob(filepath.Join(os.TempDir(), "steerbench-node-cache-*.log"))
 	for _, l := range logs {
 		pid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(l), "steerbench-node-cache-"), ".log")

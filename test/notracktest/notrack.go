@@ -1,4 +1,6 @@
-package steertest
+// Package notracktest names the NOTRACK tables (datapath/notrack) that tests and
+// benchmarks give node-cache, and removes those of processes that died.
+package notracktest
 
 import (
 	"fmt"
