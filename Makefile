@@ -23,7 +23,7 @@ kube:
 
 # The packages with concurrency of their own run once, under the race
 # detector; every other package runs once without it.
-RACE_PKGS := ./plugin/... ./nodecache/... ./datapath/... ./cni/agent/... ./externaldns/controller/...
+RACE_PKGS := ./plugin/... ./nodecache/... ./datapath/... ./cni/agent/... ./externaldns/controller/... ./externaldns/source/... ./externaldns/ctl/... ./alicloud/...
 
 test: deps build kube lint
 	@race=$$($(GO) list $(RACE_PKGS)); \
