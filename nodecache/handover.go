@@ -5,8 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpMigrateReq is the sysctl (per network namespace, Linux 5.14+) that
@@ -45,4 +50,57 @@ func enableTCPMigrateReq(log *slog.Logger) {
 	}
 	log.Info("set net.ipv4.tcp_migrate_req=1 (left set on exit): a closing TCP listener's queue moves to its successor",
 		"was", strings.TrimSpace(string(old)))
+}
+
+// stopAccepting shuts down this process's listening TCP sockets on port 53
+// of addrs (CoreDNS's listeners for the steered local IPs). The kernel takes
+// each out of its SO_REUSEPORT group and, with tcp_migrate_req, moves the
+// connections waiting in its accept queue to the successor's listener; the
+// connections already accepted are answered while the drain lasts. Without
+// this, a connection accepted just before CoreDNS stops is closed unread
+// (its query gets EOF). It returns how many listeners it shut.
+func stopAccepting(addrs []netip.Addr, log *slog.Logger) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		log.Warn("handover: cannot list this process's sockets; TCP listeners close with CoreDNS", "err", err)
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || !listeningOn(fd, addrs) {
+			continue
+		}
+		if err := unix.Shutdown(fd, unix.SHUT_RD); err != nil {
+			log.Warn("handover: shutting a TCP listener", "fd", fd, "err", err)
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// listeningOn reports whether fd is a listening TCP socket on port 53 of
+// one of addrs.
+func listeningOn(fd int, addrs []netip.Addr) bool {
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return false
+	}
+	if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc != 1 {
+		return false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	var ap netip.AddrPort
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	default:
+		return false
+	}
+	return ap.Port() == 53 && slices.Contains(addrs, ap.Addr())
 }

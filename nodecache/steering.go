@@ -562,7 +562,8 @@ func (s *steering) handover() {
 	deadline := time.Now().Add(s.cfg.HeartbeatTimeout + time.Second)
 	for time.Now().Before(deadline) {
 		if s.dp.BeatenByOther() && s.dp.Fresh() {
-			s.log.Info("handover: another node-cache keeps the heartbeat; draining", "for", drainTime.String())
+			n := stopAccepting(s.cfg.localAddrs(), s.log)
+			s.log.Info("handover: another node-cache keeps the heartbeat; draining", "for", drainTime.String(), "tcp_listeners_handed_over", n)
 			time.Sleep(drainTime)
 			return
 		}
