@@ -4,6 +4,7 @@
 package logging
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,11 +34,11 @@ func (o Options) New() (*slog.Logger, error) {
 
 func (o Options) newTo(w io.Writer, terminal bool) (*slog.Logger, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(cmpOr(o.Level, "info"))); err != nil {
+	if err := level.UnmarshalText([]byte(cmp.Or(o.Level, "info"))); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.Level)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	switch strings.ToLower(cmpOr(o.Format, "auto")) {
+	switch strings.ToLower(cmp.Or(o.Format, "auto")) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "text":
@@ -58,9 +59,3 @@ func Default() *slog.Logger {
 	return l
 }
 
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
