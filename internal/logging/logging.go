@@ -52,10 +52,3 @@ func (o Options) newTo(w io.Writer, terminal bool) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want json, text or auto", o.Format)
 }
 
-// Default is the logger with default options, for errors found before the
-// flags are parsed.
-func Default() *slog.Logger {
-	l, _ := Options{}.New()
-	return l
-}
-
