@@ -51,4 +51,3 @@ func (o Options) newTo(w io.Writer, terminal bool) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("--log-format %q: want json, text or auto", o.Format)
 }
-
