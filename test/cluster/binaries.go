@@ -176,14 +176,35 @@ func EnsureBinaries(ctx context.Context) error {
 	return nil
 }
 
+// KubeBinaries are the commands of k8s.io/kubernetes the harness can build
+// (test/tools/kube/tools.go pins each of them).
+var KubeBinaries = []string{"kube-apiserver", "kubectl", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"}
+
+// versionLDFlags stamps the release into a binary built from the module, as
+// the Kubernetes release build does; without it the binaries report
+// v0.0.0-master+$Format:%H$, which kubectl and the kubelet refuse to parse.
+func versionLDFlags() string {
+	major, minor, _ := strings.Cut(strings.TrimPrefix(KubeVersion, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	var b strings.Builder
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		fmt.Fprintf(&b, " -X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s -X %s.gitTreeState=clean", pkg, KubeVersion, pkg, major, pkg, minor, pkg)
+	}
+	return strings.TrimSpace(b.String())
+}
+
 // EnsureBinary returns <cache>/bin/<name>-<KubeVersion>, building
 // k8s.io/kubernetes/cmd/<name> with the test/tools/kube module if it is
 // missing. Concurrent callers (also in other processes, e.g. parallel test
 // packages) are serialised by a file lock, so the binary is built once.
-// name is "kube-apiserver" or "kubectl".
+// name is one of KubeBinaries.
 func EnsureBinary(ctx context.Context, name string) (string, error) {
-	if name != "kube-apiserver" && name != "kubectl" {
-		return "", fmt.Errorf("unknown binary %q", name)
+	known := false
+	for _, k := range KubeBinaries {
+		known = known || k == name
+	}
+	if !known {
+		return "", fmt.Errorf("unknown binary %q (known: %s)", name, strings.Join(KubeBinaries, ", "))
 	}
 	dst, err := BinaryPath(name)
 	if err != nil {
@@ -225,7 +246,7 @@ func EnsureBinary(ctx context.Context, name string) (string, error) {
 	defer os.Remove(tmp)
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "dnsaccel/test/cluster: building %s %s into %s (takes minutes on a cold Go cache)...\n", name, KubeVersion, dst)
-	cmd := exec.Command(goBin, "build", "-trimpath", "-o", tmp, "k8s.io/kubernetes/cmd/"+name)
+	cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags", versionLDFlags(), "-o", tmp, "k8s.io/kubernetes/cmd/"+name)
 	cmd.Dir = dir
 	// -mod=readonly: never let a GOFLAGS=-mod=mod from the environment
 	// rewrite test/tools/kube/go.mod.
