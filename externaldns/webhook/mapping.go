@@ -1,11 +1,13 @@
 package webhook
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/dnsaccel/dnsaccel/externaldns/endpoint"
 	"github.com/dnsaccel/dnsaccel/externaldns/registry"
@@ -88,7 +90,14 @@ func toValue(typ, target string) (value, error) {
 		// leaves SRV targets alone, and so does the round trip.
 		return value{Value: strings.Join(f, " ")}, nil
 	case "TXT":
-		v := unquote(target)
+		target = strings.ToValidUTF8(target, "\uFFFD")
+		v := target
+		for quoted(v) {
+			v = unquote(v)
+		}
+		if v == "" {
+			return value{}, errors.New("empty TXT target")
+		}
 		if len(v) > 512 {
 			return value{}, fmt.Errorf("TXT target longer than 512 bytes (%d)", len(v))
 		}
@@ -168,9 +177,10 @@ func isRegistryTXT(v string) bool { return strings.HasPrefix(unquote(v), "herita
 // default): at most MaxRemark bytes, never a pvtz-sync ownership marker
 // (which would hand the record to pvtz-sync).
 func (s *Server) canonicalRemark(v string) (string, error) {
-	v = strings.TrimSpace(v)
-	if len(v) > MaxRemark {
-		v = v[:MaxRemark]
+	v = strings.TrimSpace(strings.ToValidUTF8(v, ""))
+	for len(v) > MaxRemark {
+		_, n := utf8.DecodeLastRuneInString(v)
+		v = strings.TrimSpace(v[:len(v)-n])
 	}
 	if _, _, ok := registry.Parse(v); ok {
 		return "", fmt.Errorf("remark %q is a pvtz-sync ownership marker; using %q", v, s.cfg.Remark)
@@ -208,6 +218,9 @@ func (s *Server) AdjustEndpoints(in []*Endpoint) []*Endpoint {
 		}
 		e := &Endpoint{DNSName: normalizeName(ep.DNSName), RecordType: strings.ToUpper(strings.TrimSpace(ep.RecordType)),
 			RecordTTL: ep.RecordTTL, Labels: ep.Labels}
+		if e.DNSName == "" {
+			continue
+		}
 		if !supportedTypes[e.RecordType] {
 			s.log.Warn("dropping an endpoint of a record type PrivateZone does not hold", "name", e.DNSName, "type", e.RecordType)
 			continue
@@ -261,7 +274,17 @@ func (s *Server) AdjustEndpoints(in []*Endpoint) []*Endpoint {
 	return out
 }
 
-func normalizeName(n string) string { return endpoint.NormalizeName(n) }
+// normalizeName lower-cases a DNS name and drops trailing dots and space.
+func normalizeName(n string) string {
+	n = strings.ToLower(n)
+	for {
+		m := strings.TrimSpace(strings.TrimRight(strings.TrimSpace(n), "."))
+		if m == n {
+			return n
+		}
+		n = m
+	}
+}
 
 // desired is what an endpoint asks of each of its values.
 type desired struct {
