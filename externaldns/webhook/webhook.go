@@ -278,12 +278,17 @@ func (s *Server) locate(name string) (*zoneState, string, bool) {
 	return nil, "", false
 }
 
-// op is one write.
+// op is the writes of one record: a delete, a create (then a disable when
+// status says so), or an update of its attributes (TTL, status, remark:
+// those that differ, one call each, in one op so that the cache gets them
+// all).
 type op struct {
-	kind   string // delete, ttl, status, remark, create
+	kind   string // delete, update, create
 	z      *zoneState
-	rec    endpoint.Record
-	status string // create: DISABLE to disable after the create
+	rec    endpoint.Record // as it is (update: as it will be)
+	status string          // create, update: the status to set ("" keep)
+	ttl    bool            // update: write rec.TTL
+	remark bool            // update: write rec.Remark
 }
 
 func (o op) String() string {
@@ -398,18 +403,18 @@ func (s *Server) converge(ops []op, errs []error, z *zoneState, rr, typ string, 
 			}
 			continue
 		}
+		u := op{kind: "update", z: z, rec: r}
 		if d.ttl != 0 && r.TTL != d.ttl {
-			u := r
-			u.TTL = d.ttl
-			ops = append(ops, op{kind: "ttl", z: z, rec: u})
+			u.rec.TTL, u.ttl = d.ttl, true
 		}
 		if !strings.EqualFold(r.Status, d.status) {
-			ops = append(ops, op{kind: "status", z: z, rec: r, status: d.status})
+			u.rec.Status, u.status = d.status, d.status
 		}
 		if r.Remark != d.remark {
-			u := r
-			u.Remark = d.remark
-			ops = append(ops, op{kind: "remark", z: z, rec: u})
+			u.rec.Remark, u.remark = d.remark, true
+		}
+		if u.ttl || u.status != "" || u.remark {
+			ops = append(ops, u)
 		}
 	}
 	for _, v := range d.values {
@@ -469,13 +474,11 @@ func (s *Server) ApplyChanges(ctx context.Context, ch *Changes) error {
 	writes0 := s.m.writes.Load()
 	deadline := start.Add(s.cfg.ApplyTimeout)
 	var failed, notStarted int
-	for _, phase := range [][]string{{"delete"}, {"ttl", "status", "remark"}, {"create"}} {
+	for _, phase := range []string{"delete", "update", "create"} {
 		var batch []op
 		for _, o := range ops {
-			for _, k := range phase {
-				if o.kind == k {
-					batch = append(batch, o)
-				}
+			if o.kind == phase {
+				batch = append(batch, o)
 			}
 		}
 		f, n := s.run(ctx, batch, deadline, dry)
@@ -563,10 +566,14 @@ func (s *Server) run(ctx context.Context, ops []op, deadline time.Time, dry bool
 			s.log.Error("write failed", "op", r.o.String(), "err", r.err)
 		}
 		s.m.Changes.WithLabelValues(r.o.kind, res).Inc()
-		if r.err != nil || dry {
+		z := r.o.z
+		if r.err != nil {
+			z.valid = false // some calls of the op may have landed: list again
 			continue
 		}
-		z := r.o.z
+		if dry {
+			continue
+		}
 		switch r.o.kind {
 		case "delete":
 			delete(z.recs, r.o.rec.ID)
@@ -576,10 +583,6 @@ func (s *Server) run(ctx context.Context, ops []op, deadline time.Time, dry bool
 			if r.o.status == StatusDisable {
 				rec.Status = StatusDisable
 			}
-			z.recs[rec.ID] = rec
-		case "status":
-			rec := r.o.rec
-			rec.Status = r.o.status
 			z.recs[rec.ID] = rec
 		default:
 			z.recs[r.o.rec.ID] = r.o.rec
@@ -593,12 +596,23 @@ func (s *Server) write(ctx context.Context, o op) (int64, error) {
 	switch o.kind {
 	case "delete":
 		return o.rec.ID, s.p.Delete(ctx, o.rec.ID)
-	case "ttl":
-		return o.rec.ID, s.p.Update(ctx, o.rec)
-	case "status":
-		return o.rec.ID, s.p.SetStatus(ctx, o.rec.ID, o.status)
-	case "remark":
-		return o.rec.ID, s.p.UpdateRemark(ctx, o.rec.ID, o.rec.Remark)
+	case "update":
+		if o.ttl {
+			if err := s.p.Update(ctx, o.rec); err != nil {
+				return o.rec.ID, fmt.Errorf("TTL: %w", err)
+			}
+		}
+		if o.status != "" {
+			if err := s.p.SetStatus(ctx, o.rec.ID, o.status); err != nil {
+				return o.rec.ID, fmt.Errorf("status: %w", err)
+			}
+		}
+		if o.remark {
+			if err := s.p.UpdateRemark(ctx, o.rec.ID, o.rec.Remark); err != nil {
+				return o.rec.ID, fmt.Errorf("remark: %w", err)
+			}
+		}
+		return o.rec.ID, nil
 	case "create":
 		// Owner id "" never matches a pvtz-sync marker; adopt: an identical
 		// record nobody marked (our own create whose answer was lost) is
@@ -646,7 +660,7 @@ func NewMetrics() *Metrics {
 		APIRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "api_retries_total",
 			Help: "PrivateZone API attempts retried after a retryable error, by action and code."}, []string{"action", "code"}),
 		Changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "changes_total",
-			Help: "Record writes by op (create, delete, ttl, status, remark; invalid, outside) and result (ok, error, dry_run, skipped)."}, []string{"op", "result"}),
+			Help: "Record writes by op (create, delete, update; invalid, outside) and result (ok, error, dry_run, skipped)."}, []string{"op", "result"}),
 		ForeignSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "foreign_skipped_total",
 			Help: "Changes ExternalDNS asked for that would touch pvtz-sync's records, skipped, by change (create, update, delete)."}, []string{"change"}),
 		Listings: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "zone_reads_total",
