@@ -40,7 +40,7 @@ func run() int {
 	health := fs.String("health", ":8080", "ADDR serving /healthz (liveness), /readyz (zones found and readable) and /metrics (empty: off)")
 	ttl := fs.Int("ttl", 60, "TTL in seconds (5-86400) of records whose endpoint sets none")
 	remark := fs.String("remark", "external-dns", "Remark of the records this webhook writes unless the endpoint sets webhook/pvtz-remark; never a pvtz-sync ownership marker (ed;o=...)")
-	applyTimeout := fs.Duration("apply-timeout", 10*time.Second, "no write starts after this much of a POST /records; the rest is answered 500 and retried in ExternalDNS's next cycle. Keep it below ExternalDNS's --webhook-provider-read-timeout + --webhook-provider-write-timeout (15s by default)")
+	applyTimeout := fs.Duration("apply-timeout", 10*time.Second, "bound of a POST /records: no write starts after 80% of it and calls still retrying at its end are abandoned; what is left is answered 500 and done in ExternalDNS's next cycle. Keep it below ExternalDNS's --webhook-provider-read-timeout + --webhook-provider-write-timeout (15s by default): a timeout makes ExternalDNS exit")
 	fullResync := fs.Duration("full-resync", 10*time.Minute, "list each zone in full at least this often; between, GET /records costs one change-log read per zone while the zone is unchanged")
 	dryRun := fs.Bool("dry-run", false, "make no write call: POST /records logs the writes it would make and answers 204 (ExternalDNS's own --dry-run still posts its changes to the webhook)")
 	fs.Usage = func() {

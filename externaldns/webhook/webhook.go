@@ -35,9 +35,10 @@
 // the zone again otherwise, or after --full-resync. POST /records writes
 // through the provider's token bucket (--qps) with --workers in flight,
 // deletes first, then updates, then creates, updates the cache with what
-// it wrote, and stops starting writes when --apply-timeout is spent
-// (answering 500, so ExternalDNS retries the rest in its next cycle instead
-// of timing out; its default client timeout is 15 s).
+// it wrote, starts no write after 80% of --apply-timeout and abandons calls
+// still retrying at --apply-timeout (answering 500, so ExternalDNS retries
+// the rest in its next cycle instead of timing out: a timeout is not a 5xx,
+// ExternalDNS would exit; its default client timeout is 15 s).
 package webhook
 
 import (
@@ -70,8 +71,8 @@ type Config struct {
 	Remark string
 	// Workers: writes in flight (default 8).
 	Workers int
-	// ApplyTimeout: no write starts after this much of a POST /records
-	// (default 10s).
+	// ApplyTimeout bounds a POST /records: no write starts after 80% of
+	// it, calls still running at its end are abandoned (default 10s).
 	ApplyTimeout time.Duration
 	// FullResync: list each zone fully at least this often even when its
 	// change log is unchanged (default 10m).
@@ -472,7 +473,13 @@ func (s *Server) ApplyChanges(ctx context.Context, ch *Changes) error {
 	}
 	dry := s.p.DryRun()
 	writes0 := s.m.writes.Load()
-	deadline := start.Add(s.cfg.ApplyTimeout)
+	// The answer must reach ExternalDNS before its client gives up (a
+	// timeout is not a 5xx: it would exit): no write starts after 80% of
+	// ApplyTimeout, and calls still retrying at ApplyTimeout are abandoned
+	// (their zone is listed again next time).
+	wctx, cancel := context.WithDeadline(ctx, start.Add(s.cfg.ApplyTimeout))
+	defer cancel()
+	deadline := start.Add(s.cfg.ApplyTimeout * 4 / 5)
 	var failed, notStarted int
 	for _, phase := range []string{"delete", "update", "create"} {
 		var batch []op
@@ -481,7 +488,7 @@ func (s *Server) ApplyChanges(ctx context.Context, ch *Changes) error {
 				batch = append(batch, o)
 			}
 		}
-		f, n := s.run(ctx, batch, deadline, dry)
+		f, n := s.run(wctx, batch, deadline, dry)
 		failed += f
 		notStarted += n
 	}
