@@ -186,7 +186,11 @@ func (s *Server) Ready() (bool, string) {
 func (s *Server) Init(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lookup(ctx)
+	if err := s.lookup(ctx); err != nil {
+		return err
+	}
+	s.setReady(true, "")
+	return nil
 }
 
 func (s *Server) lookup(ctx context.Context) error {
