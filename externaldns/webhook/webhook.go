@@ -103,6 +103,7 @@ type zoneState struct {
 	mark   provider.ChangeMark
 	listed time.Time
 	valid  bool
+	byName map[string][]endpoint.Record // during a plan
 }
 
 // New checks cfg; it makes no call.
@@ -306,15 +307,27 @@ func pvtzSyncs(r endpoint.Record) bool {
 	return ok
 }
 
+// index groups the cached records by name (for a plan; the cache does not
+// change while one is made).
+func (z *zoneState) index() {
+	z.byName = make(map[string][]endpoint.Record, len(z.recs))
+	for _, r := range z.recs {
+		n := strings.ToLower(r.Name)
+		z.byName[n] = append(z.byName[n], r)
+	}
+	for _, rs := range z.byName {
+		sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
+	}
+}
+
 // set returns the zone's records of one name and type (all types: "").
 func (z *zoneState) set(rr, typ string) []endpoint.Record {
 	var out []endpoint.Record
-	for _, r := range z.recs {
-		if strings.EqualFold(r.Name, rr) && (typ == "" || r.Type == typ) {
+	for _, r := range z.byName[strings.ToLower(rr)] {
+		if typ == "" || r.Type == typ {
 			out = append(out, r)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
@@ -322,6 +335,18 @@ func (z *zoneState) set(rr, typ string) []endpoint.Record {
 // pvtz-sync's records are skipped (foreign); targets that cannot be
 // written are returned as errors.
 func (s *Server) plan(ch *Changes) (ops []op, errs []error) {
+	for _, z := range s.zones {
+		if z.valid {
+			z.index()
+		} else {
+			z.byName = nil
+		}
+	}
+	defer func() {
+		for _, z := range s.zones {
+			z.byName = nil
+		}
+	}()
 	skip := func(kind string, ep *Endpoint, why string) {
 		s.m.ForeignSkipped.WithLabelValues(kind).Inc()
 		s.log.Warn("change skipped: the record belongs to pvtz-sync", "change", kind, "name", ep.DNSName, "type", ep.RecordType, "why", why)
