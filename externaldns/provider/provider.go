@@ -472,6 +472,9 @@ func (p *Provider) Create(ctx context.Context, zoneID, ownerID string, r endpoin
 	req.Scheme = p.core.Scheme()
 	req.ZoneId, req.Rr, req.Type, req.Value, req.Remark = zoneID, r.Name, r.Type, r.Value, r.Remark
 	req.Ttl = requests.NewInteger(r.TTL)
+	if r.Priority > 0 { // MX
+		req.Priority = requests.NewInteger(r.Priority)
+	}
 	var resp *pvtz.AddZoneRecordResponse
 	err := p.call(ctx, "AddZoneRecord", true, func(c *pvtz.Client) (err error) { resp, err = c.AddZoneRecord(req); return })
 	if err == nil {
@@ -601,6 +604,33 @@ func (p *Provider) ChangeLogs(ctx context.Context, zoneID string, limit int) ([]
 			return out, nil
 		}
 	}
+}
+
+// ChangeMark identifies the newest entry of a zone's change log: every
+// record change (add, update, status, remark, delete) appends one, so an
+// unchanged mark means an unchanged zone.
+type ChangeMark struct {
+	LastID int64 // Id of the newest entry (0: none)
+	Total  int   // entries in the log
+}
+
+// LatestChange returns the zone's ChangeMark with one DescribeChangeLogs
+// call (PageSize 1, newest first): the cheap way to tell whether a cached
+// listing of the zone is still current.
+func (p *Provider) LatestChange(ctx context.Context, zoneID string) (ChangeMark, error) {
+	req := pvtz.CreateDescribeChangeLogsRequest()
+	req.Scheme = p.core.Scheme()
+	req.ZoneId = zoneID
+	req.PageNumber, req.PageSize = requests.NewInteger(1), requests.NewInteger(1)
+	var resp *pvtz.DescribeChangeLogsResponse
+	if err := p.call(ctx, "DescribeChangeLogs", false, func(c *pvtz.Client) (err error) { resp, err = c.DescribeChangeLogs(req); return }); err != nil {
+		return ChangeMark{}, err
+	}
+	m := ChangeMark{Total: resp.TotalItems}
+	if len(resp.ChangeLogs.ChangeLog) > 0 {
+		m.LastID = resp.ChangeLogs.ChangeLog[0].Id
+	}
+	return m, nil
 }
 
 // ZonesWithVPCs lists every zone with its bound VPCs in one call
