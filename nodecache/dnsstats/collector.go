@@ -86,7 +86,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			if i < k {
 				dropped++
 			}
-			other.add(&p.Counters)
+			other.Add(&p.Counters)
 			continue
 		}
 		budget -= podSeries
@@ -102,7 +102,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			if i < k && n.Namespace != "other" {
 				dropped++
 			}
-			otherNS.add(&n.Counters)
+			otherNS.Add(&n.Counters)
 			continue
 		}
 		budget -= nsSeries

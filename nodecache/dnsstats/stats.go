@@ -107,7 +107,8 @@ type Counters struct {
 	LatencySum time.Duration
 }
 
-func (c *Counters) add(o *Counters) {
+// Add adds o to c.
+func (c *Counters) Add(o *Counters) {
 	c.Queries += o.Queries
 	for i := range c.By {
 		c.By[i] += o.By[i]
@@ -520,10 +521,10 @@ func (s *Stats) Snapshot() Snapshot {
 				p = &PodCounters{Pod: c.pod, Known: c.known}
 				pods[c.pod] = p
 			}
-			p.Counters.add(&c.Counters)
+			p.Counters.Add(&c.Counters)
 			snap.Clients++
 		}
-		snap.Overflow.add(&sh.other)
+		snap.Overflow.Add(&sh.other)
 		sh.mu.Unlock()
 	}
 	nss := map[string]*PodCounters{}
@@ -535,7 +536,7 @@ func (s *Stats) Snapshot() Snapshot {
 			n = &PodCounters{Pod: Pod{Namespace: ns}, Known: p.Known}
 			nss[ns] = n
 		}
-		n.Counters.add(&p.Counters)
+		n.Counters.Add(&p.Counters)
 	}
 	for _, n := range nss {
 		snap.Namespaces = append(snap.Namespaces, *n)
