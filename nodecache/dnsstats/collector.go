@@ -12,43 +12,42 @@ import (
 // dnsaccel_nodecache_dns_accounting_series_dropped_total). The remainder
 // series are always emitted, so sums over a metric stay whole.
 
-const ns = "dnsaccel_nodecache"
 
 var (
 	podLabels = []string{"namespace", "pod"}
 
-	descPodQueries = prometheus.NewDesc(ns+"_pod_queries_total",
+	descPodQueries = prometheus.NewDesc("dnsaccel_nodecache_pod_queries_total",
 		"DNS queries of a pod seen by node-cache (the top pods; the rest as pod=\"other\"), by what answered them: kernel (the in-kernel cache), cache (node-cache's user-space cache), upstream, none (no answer: dropped or upstream timeout).",
 		[]string{"namespace", "pod", "answered_by"}, nil)
-	descPodResponses = prometheus.NewDesc(ns+"_pod_responses_total",
+	descPodResponses = prometheus.NewDesc("dnsaccel_nodecache_pod_responses_total",
 		"DNS answers to a pod by rcode (the top pods; the rest as pod=\"other\").", []string{"namespace", "pod", "rcode"}, nil)
-	descPodTimeouts = prometheus.NewDesc(ns+"_pod_timeouts_total",
+	descPodTimeouts = prometheus.NewDesc("dnsaccel_nodecache_pod_timeouts_total",
 		"Queries of a pod that got no answer in time: dropped by node-cache, or no upstream answer before the deadline (answered SERVFAIL).", podLabels, nil)
-	descPodWaste = prometheus.NewDesc(ns+"_pod_search_waste_total",
+	descPodWaste = prometheus.NewDesc("dnsaccel_nodecache_pod_search_waste_total",
 		"NXDOMAIN answers to a pod for <name>.<search domain> candidates of its search path: what k8s_autopath saves or would save.", podLabels, nil)
-	descPodLatency = prometheus.NewDesc(ns+"_pod_latency_seconds",
+	descPodLatency = prometheus.NewDesc("dnsaccel_nodecache_pod_latency_seconds",
 		"Latency of node-cache's user-space answers to a pod, from the query's arrival to the answer leaving (kernel answers are not timed).", podLabels, nil)
 
-	descNSQueries = prometheus.NewDesc(ns+"_namespace_queries_total",
+	descNSQueries = prometheus.NewDesc("dnsaccel_nodecache_namespace_queries_total",
 		"DNS queries of a namespace's pods by what answered them (the top namespaces; the rest as namespace=\"other\"; namespace=\"\": clients that are not pods).",
 		[]string{"namespace", "answered_by"}, nil)
-	descNSResponses = prometheus.NewDesc(ns+"_namespace_responses_total",
+	descNSResponses = prometheus.NewDesc("dnsaccel_nodecache_namespace_responses_total",
 		"DNS answers to a namespace's pods by rcode.", []string{"namespace", "rcode"}, nil)
-	descNSTimeouts = prometheus.NewDesc(ns+"_namespace_timeouts_total",
+	descNSTimeouts = prometheus.NewDesc("dnsaccel_nodecache_namespace_timeouts_total",
 		"Queries of a namespace's pods that got no answer in time.", []string{"namespace"}, nil)
-	descNSWaste = prometheus.NewDesc(ns+"_namespace_search_waste_total",
+	descNSWaste = prometheus.NewDesc("dnsaccel_nodecache_namespace_search_waste_total",
 		"NXDOMAIN answers to a namespace's pods for search-path candidates.", []string{"namespace"}, nil)
 
-	descNameQueries = prometheus.NewDesc(ns+"_name_queries_total",
+	descNameQueries = prometheus.NewDesc("dnsaccel_nodecache_name_queries_total",
 		"Queries for a name that reached node-cache's user space (the top names by the space-saving count; the rest as name=\"other\").", []string{"name"}, nil)
-	descNameNX = prometheus.NewDesc(ns+"_name_nxdomain_total",
+	descNameNX = prometheus.NewDesc("dnsaccel_nodecache_name_nxdomain_total",
 		"NXDOMAIN answers for a name (the top names; the rest as name=\"other\").", []string{"name"}, nil)
 
-	descSeries = prometheus.NewDesc(ns+"_dns_accounting_series",
+	descSeries = prometheus.NewDesc("dnsaccel_nodecache_dns_accounting_series",
 		"Series of the per-pod, per-namespace and per-name metrics in this scrape.", nil, nil)
-	descDropped = prometheus.NewDesc(ns+"_dns_accounting_series_dropped_total",
+	descDropped = prometheus.NewDesc("dnsaccel_nodecache_dns_accounting_series_dropped_total",
 		"Pods, namespaces and names summed into \"other\" because of the series cap (--accounting-max-series).", nil, nil)
-	descClients = prometheus.NewDesc(ns+"_dns_accounting_clients",
+	descClients = prometheus.NewDesc("dnsaccel_nodecache_dns_accounting_clients",
 		"Client addresses counted apart (at most --accounting-max-clients).", nil, nil)
 )
 
