@@ -272,7 +272,7 @@ func (w *fastWriter) WriteMsg(m *dns.Msg) error {
 		return err
 	}
 	err = w.send(b, w.remote)
-	w.obs.report(m.Rcode)
+	w.obs.reportMsg(m)
 	return err
 }
 func (w *fastWriter) Write(b []byte) (int, error) {

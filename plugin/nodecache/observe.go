@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/dnsaccel/dnsaccel/plugin/nodecache/upstream"
 )
 
@@ -87,6 +89,21 @@ type chainObsKey struct{}
 func chainObsFrom(ctx context.Context) *chainObs {
 	co, _ := ctx.Value(chainObsKey{}).(*chainObs)
 	return co
+}
+
+// reportMsg is report for an answer written as a message: a query the
+// fast path could not parse gets its question from it.
+func (co *chainObs) reportMsg(m *dns.Msg) {
+	if co == nil {
+		return
+	}
+	if co.name == nil && len(m.Question) == 1 {
+		var buf [256]byte
+		if n, err := dns.PackDomainName(dns.Fqdn(m.Question[0].Name), buf[:], 0, nil, false); err == nil {
+			co.name, co.qtype = append([]byte(nil), buf[:n]...), m.Question[0].Qtype
+		}
+	}
+	co.report(m.Rcode)
 }
 
 // report tells the observer the answer (rcode) left.

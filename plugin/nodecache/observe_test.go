@@ -55,7 +55,7 @@ func TestObserver(t *testing.T) {
 	up := startUpstream(t)
 	addr := startCache(t, "nodecache "+up.addr)
 	ask(t, addr, "host0.warm.test.", dns.TypeA)
-	rec.take()
+	rec.wait(t, 1)
 
 	cookie := func(m *dns.Msg) {
 		m.SetEdns0(1232, false)
