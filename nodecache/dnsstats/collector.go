@@ -12,7 +12,6 @@ import (
 // dnsaccel_nodecache_dns_accounting_series_dropped_total). The remainder
 // series are always emitted, so sums over a metric stay whole.
 
-
 var (
 	podLabels = []string{"namespace", "pod"}
 
