@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 
 	"github.com/dnsaccel/dnsaccel/datapath/kcache"
 	"github.com/dnsaccel/dnsaccel/nodecache/dnsstats"
@@ -90,7 +92,9 @@ var bySource = [...]dnsstats.By{
 // read through currentKernelCache, whenever the kernel cache runs.
 func startAccounting(cfg Config, log *slog.Logger) (*accounting, error) {
 	ac := &accounting{log: log, since: time.Now(), cfg: cfg}
-	ctx, cancel := context.WithCancel(context.Background())
+	// client-go logs through the logger in ctx (ours), never klog's
+	// global one, which CoreDNS's kubernetes plugin replaces on reloads.
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.FromSlogHandler(log.With("component", "accounting pods").Handler())))
 	ac.cancel = cancel
 	dcfg := dnsstats.Config{
 		TopK: cfg.Accounting.TopK, MaxSeries: cfg.Accounting.MaxSeries, MaxClients: cfg.Accounting.MaxClients,
