@@ -328,6 +328,12 @@ func (s *Stats) Record(ev Event) {
 	var cnt *Counters
 	var pod Pod
 	if c != nil {
+		if !c.known && s.cfg.Pods != nil {
+			// Not a pod when first seen: maybe the pod index had not
+			// synced, or the pod is new. Asked again (clients outside
+			// any pod are few: host network, node processes).
+			s.resolve(c, ip)
+		}
 		cnt, pod = &c.Counters, c.pod
 	} else {
 		cnt = &sh.other
