@@ -311,7 +311,9 @@ func (s *Stats) resolve(c *client, ip netip.Addr) {
 			return
 		}
 	}
-	c.pod, c.known = Pod{Name: ip.String()}, false
+	if c.known || c.pod.Name == "" {
+		c.pod, c.known = Pod{Name: ip.String()}, false
+	}
 }
 
 // Record counts one query answered (or not) in user space. It never
