@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -73,7 +74,10 @@ func TestAccountingFromPods(t *testing.T) {
 	zone.Add(t, "hot.obs.test. 300 IN A 10.31.0.1", "fresh.obs.test. 300 IN A 10.31.0.2", "b-only.obs.test. 300 IN A 10.31.0.3")
 	zone.Fail("broken.obs.test.")
 	conf := filepath.Join(t.TempDir(), "Corefile")
-	metrics, observe := freeAddr(t), freeAddr(t)
+	// --observe on pod a's host-side address: the API server's pod proxy
+	// does not go to loopback addresses.
+	_, observePort, _ := net.SplitHostPort(freeAddr(t))
+	metrics, observe := freeAddr(t), net.JoinHostPort(a.HostIP.String(), observePort)
 	os.WriteFile(conf, []byte(fmt.Sprintf(".:53 {\n    bind %s\n    prometheus %s\n    nodecache %s\n}\n", s.LocalIP, metrics, zone.Addr)), 0o644)
 	args := append(s.steerArgs(time.Second), "--conf", conf, "--metrics", metrics, "--observe", observe,
 		"--kubeconfig", c.Kubeconfig, "--node-name", node, "--kernel-cache",
@@ -211,6 +215,29 @@ func TestAccountingFromPods(t *testing.T) {
 				t.Errorf("top pods: no line %q in\n%s", want, out)
 			}
 		}
+		// Through the API server: a Pod object standing for the
+		// DaemonSet's pod on this node, at the address node-cache's
+		// --observe listens on.
+		if _, err := cluster.CreatePod(context.Background(), c.Client, cluster.PodOptions{Namespace: ns, Name: "node-cache-obs",
+			Labels: map[string]string{"app": "nc-obs"}, NodeName: node, PodIPs: []string{a.HostIP.String()}, HostIP: a.HostIP.String()}); err != nil {
+			t.Fatal(err)
+		}
+		var kout, kerr bytes.Buffer
+		kargs := []string{"--kubeconfig", c.Kubeconfig, "--node-cache-namespace", ns, "--selector", "app=nc-obs", "--port", observePort}
+		code = ctl.Main(context.Background(), append([]string{"top", "namespaces", "--interval", "0"}, kargs...), &kout, &kerr)
+		if code != 0 || !strings.Contains(kout.String(), node+"  "+ns) {
+			t.Errorf("top namespaces through the API server: exit %d\n%s%s", code, kout.String(), kerr.String())
+		}
+		kout.Reset()
+		code = ctl.Main(context.Background(), append([]string{"steering", "--node", node}, kargs...), &kout, &kerr)
+		if code != 0 || !strings.Contains(kout.String(), node+"  on") {
+			t.Errorf("steering --node through the API server: exit %d\n%s%s", code, kout.String(), kerr.String())
+		}
+		kout.Reset()
+		if code = ctl.Main(context.Background(), append([]string{"cache", "--node", "no-such-node"}, kargs...), &kout, &kerr); code != 2 {
+			t.Errorf("cache --node no-such-node: exit %d, want 2", code)
+		}
+
 		out, code = run("steering", "-o", "json")
 		var st []obsapi.Steering
 		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st) != 1 || !st[0].Enabled || st[0].Fallback || st[0].KernelCacheLinks != 2 {
