@@ -298,7 +298,7 @@ func TestSearchWaste(t *testing.T) {
 		{"google.com.corp.example", "default", true},
 		{"web.default.svc.cluster.local", "default", true},
 		{"web.other.svc.cluster.local", "default", true}, // under svc.cluster.local
-		{"svc.cluster.local", "default", true}, // "svc" + the cluster domain
+		{"svc.cluster.local", "default", true},           // "svc" + the cluster domain
 		{"cluster.local", "default", false},
 		{"corp.example", "default", false},
 		{"google.com", "default", false},
