@@ -82,6 +82,45 @@ struct {
 	__type(value, __u64);
 } dnsa_kc_stats SEC(".maps");
 
+/* Per-pod accounting (nodecache/dnsstats): answers per client address,
+ * per CPU, read and summed by node-cache. LRU: a node's pods fit many times
+ * over; a client evicted loses only the answers since node-cache last read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dnsa_kc_addr);
+	__type(value, struct dnsa_kc_client);
+} dnsa_kc_clients SEC(".maps");
+
+/* Clients whose queries the kernel leaves to node-cache while its query log
+ * covers them (DNSA_KC_CFG_BYPASS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct dnsa_kc_addr);
+	__type(value, __u8);
+} dnsa_kc_bypass SEC(".maps");
+
+static __always_inline void count_client(const struct dnsa_kc_addr *src, __u16 rcode)
+{
+	struct dnsa_kc_client *c = bpf_map_lookup_elem(&dnsa_kc_clients, src);
+
+	if (!c) {
+		struct dnsa_kc_client zero = {};
+
+		bpf_map_update_elem(&dnsa_kc_clients, src, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&dnsa_kc_clients, src);
+		if (!c)
+			return;
+	}
+	if (rcode == 0)
+		c->noerror++;
+	else if (rcode == 3)
+		c->nxdomain++;
+	else
+		c->other++;
+}
+
 /* The largest UDP response a client without EDNS0 takes (RFC 1035). */
 #define UDP_MIN_SIZE 512
 
@@ -129,6 +168,7 @@ struct layout {
 	__u32 csum;      /* offset of the UDP checksum */
 	__u8 v6;
 	__u8 csum_zero;  /* IPv4 sent without a UDP checksum */
+	struct dnsa_kc_addr src; /* the client (IPv4 as ::ffff:a.b.c.d) */
 };
 
 /*
@@ -164,6 +204,9 @@ static __always_inline int parse_l3l4(struct __sk_buff *skb, struct layout *lo,
 		ip_len = bpf_ntohs(ip.tot_len);
 		if (ip_len < sizeof(ip) + sizeof(udp))
 			return -1;
+		lo->src.addr[10] = 0xff;
+		lo->src.addr[11] = 0xff;
+		__builtin_memcpy(&lo->src.addr[12], &ip.saddr, 4);
 		lo->l4 = lo->l3 + sizeof(ip);
 		ip_len -= sizeof(ip);
 		lo->v6 = 0;
@@ -182,6 +225,7 @@ static __always_inline int parse_l3l4(struct __sk_buff *skb, struct layout *lo,
 		ip_len = bpf_ntohs(ip6.payload_len);
 		if (ip_len < sizeof(udp))
 			return -1;
+		__builtin_memcpy(lo->src.addr, &ip6.saddr, 16);
 		lo->l4 = lo->l3 + sizeof(ip6);
 		lo->v6 = 1;
 	} else {
@@ -497,6 +541,7 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 	__u64 resp_len;
 	__u64 dns_len;
 	__u64 now;
+	__u16 rcode;
 	int ret;
 
 	cfg = bpf_map_lookup_elem(&dnsa_kc_cfg, &zero);
@@ -506,6 +551,10 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 	if (ret == 0)
 		return TC_ACT_UNSPEC;
 	if (ret < 0) {
+		count(DNSA_KC_PASS);
+		return TC_ACT_UNSPEC;
+	}
+	if ((cfg->flags & DNSA_KC_CFG_BYPASS) && bpf_map_lookup_elem(&dnsa_kc_bypass, &lo.src)) {
 		count(DNSA_KC_PASS);
 		return TC_ACT_UNSPEC;
 	}
@@ -541,6 +590,7 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 		count(DNSA_KC_EXPIRED);
 		return TC_ACT_UNSPEC;
 	}
+	rcode = e->flags & 0xf;
 	ret = build_response(s, e, ret, now, cfg);
 	if (ret <= 0) {
 		count(DNSA_KC_PASS);
@@ -557,6 +607,7 @@ static __always_inline int answer(struct __sk_buff *skb, __u64 redirect_flags)
 		return TC_ACT_SHOT;
 	}
 	count(DNSA_KC_HIT);
+	count_client(&lo.src, rcode);
 	return bpf_redirect(skb->ifindex, redirect_flags);
 }
 

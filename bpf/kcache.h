@@ -53,7 +53,19 @@ struct dnsa_kc_config {
 	__u16 port;          /* the cache's DNS port, host byte order */
 	__u16 edns_size;     /* UDP size the cache advertises in its OPT record */
 	__u16 max_resp;      /* largest response answered from the kernel (never over the client's UDP size either) */
-	__u16 pad;
+	__u16 flags;         /* DNSA_KC_CFG_* */
+};
+
+/* dnsa_kc_bypass holds clients whose queries go on to node-cache (its query
+ * log); looked up only while this flag is set. */
+#define DNSA_KC_CFG_BYPASS 1
+
+/* Answers given to one client (per CPU), for node-cache's per-pod
+ * accounting: by the entry's rcode. */
+struct dnsa_kc_client {
+	__u64 noerror;
+	__u64 nxdomain;
+	__u64 other;
 };
 
 /* Per-CPU counters, indexed by these. */

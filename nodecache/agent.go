@@ -81,6 +81,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.stopKernelCache()
 
+	// Per-pod accounting: the plugin's observer is in place before CoreDNS
+	// serves its first query.
+	var acc *accounting
+	if a.cfg.Accounting.On {
+		ac, err := startAccounting(a.cfg, a.log)
+		if err != nil {
+			return err
+		}
+		acc = ac
+		defer acc.stop()
+	}
+
 	// The heartbeat (kernel steering, readiness) follows the serving
 	// probes; set up before /ready reads it, started once CoreDNS serves.
 	if targets := a.cfg.probeTargets(); len(targets) > 0 {
@@ -146,6 +158,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		servers = append(servers, ms)
 	}
 
+	if acc != nil && a.cfg.Accounting.Observe != "" {
+		obs, err := a.serveHTTP("observe", a.cfg.Accounting.Observe, acc.handler())
+		if err != nil {
+			return err
+		}
+		servers = append(servers, obs)
+	}
+
 	// Before the listeners exist: on a handover, the TCP connections in
 	// the closing node-cache's accept queue move to its successor.
 	enableTCPMigrateReq(a.log)
@@ -163,7 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("no serving probes: with --conf and without steering node-cache does not know the addresses the Corefile serves; /ready only says CoreDNS started")
 	}
 	a.ready.Store(true)
-	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil, "kernel_cache", a.kernelCacheStop != nil)
+	a.log.Info("serving", "mode", a.cfg.Mode(), "listen", a.cfg.listenAddrs(), "upstreams", a.cfg.Upstreams, "metrics", a.cfg.Metrics, "health", a.cfg.Health, "steer", a.steer != nil, "kernel_cache", a.kernelCacheStop != nil, "observe", a.cfg.Accounting.Observe)
 
 	<-ctx.Done()
 	a.ready.Store(false)

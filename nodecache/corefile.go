@@ -53,6 +53,10 @@ type Config struct {
 	// CacheMaxBytes is the generated blocks' max_bytes: the bytes each
 	// block's cached entries may take; 0 = DefaultCacheMaxBytes.
 	CacheMaxBytes ByteSize
+
+	// Accounting is the per-pod DNS accounting, its metrics, the
+	// observability endpoint and the query log (accounting.go).
+	Accounting Accounting
 }
 
 // DefaultCacheMaxBytes is --cache-max-bytes' default, the plugin's: 64 MiB,
@@ -128,6 +132,9 @@ func (c *Config) Validate() error {
 		if err := c.KernelCache.validate(); err != nil {
 			return err
 		}
+	}
+	if err := c.Accounting.validate(); err != nil {
+		return err
 	}
 	if c.Conf != "" {
 		if _, err := os.Stat(c.Conf); err != nil {

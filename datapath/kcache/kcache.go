@@ -375,6 +375,94 @@ func (c *Cache) Stats() (Stats, error) {
 	return s, nil
 }
 
+// ClientCounts are the answers the kernel gave one client, by rcode, since
+// the client appeared in the map (summed over CPUs).
+type ClientCounts struct {
+	NoError, NXDomain, Other uint64
+}
+
+// Total is every answer counted.
+func (c ClientCounts) Total() uint64 { return c.NoError + c.NXDomain + c.Other }
+
+// Clients returns the answers given per client address (an LRU of 16,384
+// clients: a client evicted starts again from zero). node-cache's per-pod
+// accounting reads it periodically and takes the differences.
+func (c *Cache) Clients() (map[netip.Addr]ClientCounts, error) {
+	out := map[netip.Addr]ClientCounts{}
+	var k kcacheDnsaKcAddr
+	var per []kcacheDnsaKcClient
+	it := c.objs.DnsaKcClients.Iterate()
+	for it.Next(&k, &per) {
+		var cc ClientCounts
+		for _, v := range per {
+			cc.NoError += v.Noerror
+			cc.NXDomain += v.Nxdomain
+			cc.Other += v.Other
+		}
+		out[netip.AddrFrom16(k.Addr).Unmap()] = cc
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("kernel cache: clients: %w", err)
+	}
+	return out, nil
+}
+
+// SetBypass makes the kernel pass every query from these clients on to
+// node-cache instead of answering it (node-cache's query log sees them);
+// nil or empty: answer everyone again. It replaces the previous set.
+func (c *Cache) SetBypass(addrs []netip.Addr) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := map[kcacheDnsaKcAddr]bool{}
+	for _, a := range addrs {
+		want[kcacheDnsaKcAddr{Addr: a.Unmap().As16()}] = true
+	}
+	if len(want) > int(c.objs.DnsaKcBypass.MaxEntries()) {
+		return fmt.Errorf("kernel cache: %d clients to bypass, at most %d", len(want), c.objs.DnsaKcBypass.MaxEntries())
+	}
+	var cfg kcacheDnsaKcConfig
+	if err := c.objs.DnsaKcCfg.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("kernel cache: config: %w", err)
+	}
+	// The flag goes on before the set is filled and off after it is
+	// emptied, so a client being added is never answered by mistake.
+	if len(want) > 0 && cfg.Flags&cfgBypass == 0 {
+		cfg.Flags |= cfgBypass
+		if err := c.objs.DnsaKcCfg.Put(uint32(0), cfg); err != nil {
+			return fmt.Errorf("kernel cache: config: %w", err)
+		}
+	}
+	var k kcacheDnsaKcAddr
+	var v uint8
+	var stale []kcacheDnsaKcAddr
+	it := c.objs.DnsaKcBypass.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		if err := c.objs.DnsaKcBypass.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("kernel cache: bypass: %w", err)
+		}
+	}
+	for k := range want {
+		if err := c.objs.DnsaKcBypass.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("kernel cache: bypass: %w", err)
+		}
+	}
+	if len(want) == 0 && cfg.Flags&cfgBypass != 0 {
+		cfg.Flags &^= cfgBypass
+		if err := c.objs.DnsaKcCfg.Put(uint32(0), cfg); err != nil {
+			return fmt.Errorf("kernel cache: config: %w", err)
+		}
+	}
+	return nil
+}
+
+// cfgBypass is DNSA_KC_CFG_BYPASS of bpf/kcache.h.
+const cfgBypass = 1
+
 func kernelKey(key Key) kcacheDnsaKcKey {
 	k := kcacheDnsaKcKey{Qtype: key.Qtype, NameLen: uint8(len(key.Name))}
 	copy(k.Name[:], key.Name)

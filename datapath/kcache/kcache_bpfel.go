@@ -18,12 +18,19 @@ type kcacheDnsaKcAddr struct {
 	Addr [16]uint8
 }
 
+type kcacheDnsaKcClient struct {
+	_        structs.HostLayout
+	Noerror  uint64
+	Nxdomain uint64
+	Other    uint64
+}
+
 type kcacheDnsaKcConfig struct {
 	_        structs.HostLayout
 	Port     uint16
 	EdnsSize uint16
 	MaxResp  uint16
-	Pad      uint16
+	Flags    uint16
 }
 
 type kcacheDnsaKcEntry struct {
@@ -110,8 +117,10 @@ type kcacheProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type kcacheMapSpecs struct {
 	DnsaKcAddrs   *ebpf.MapSpec `ebpf:"dnsa_kc_addrs"`
+	DnsaKcBypass  *ebpf.MapSpec `ebpf:"dnsa_kc_bypass"`
 	DnsaKcCache   *ebpf.MapSpec `ebpf:"dnsa_kc_cache"`
 	DnsaKcCfg     *ebpf.MapSpec `ebpf:"dnsa_kc_cfg"`
+	DnsaKcClients *ebpf.MapSpec `ebpf:"dnsa_kc_clients"`
 	DnsaKcScratch *ebpf.MapSpec `ebpf:"dnsa_kc_scratch"`
 	DnsaKcStats   *ebpf.MapSpec `ebpf:"dnsa_kc_stats"`
 }
@@ -143,8 +152,10 @@ func (o *kcacheObjects) Close() error {
 // It can be passed to loadKcacheObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kcacheMaps struct {
 	DnsaKcAddrs   *ebpf.Map `ebpf:"dnsa_kc_addrs"`
+	DnsaKcBypass  *ebpf.Map `ebpf:"dnsa_kc_bypass"`
 	DnsaKcCache   *ebpf.Map `ebpf:"dnsa_kc_cache"`
 	DnsaKcCfg     *ebpf.Map `ebpf:"dnsa_kc_cfg"`
+	DnsaKcClients *ebpf.Map `ebpf:"dnsa_kc_clients"`
 	DnsaKcScratch *ebpf.Map `ebpf:"dnsa_kc_scratch"`
 	DnsaKcStats   *ebpf.Map `ebpf:"dnsa_kc_stats"`
 }
@@ -152,8 +163,10 @@ type kcacheMaps struct {
 func (m *kcacheMaps) Close() error {
 	return _KcacheClose(
 		m.DnsaKcAddrs,
+		m.DnsaKcBypass,
 		m.DnsaKcCache,
 		m.DnsaKcCfg,
+		m.DnsaKcClients,
 		m.DnsaKcScratch,
 		m.DnsaKcStats,
 	)

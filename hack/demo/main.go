@@ -92,6 +92,14 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("   the central CoreDNS's whoami saw %s: the node, i.e. node-cache forwarded the query\n", r.CentralSaw)
 	fmt.Printf("   node-cache over this step: %.0f cache hits, %.0f misses, %.0f autopath expansions, %.0f steered socket operations\n",
 		r.Counters.Hits, r.Counters.Misses, r.Counters.AutopathHits, r.Counters.Steered)
+	top, err := n.TopPods(stepCtx)
+	if err != nil {
+		return fmt.Errorf("2. dnsaccelctl top pods: %w", err)
+	}
+	fmt.Printf("   %s (per pod, kernel answers included):\n", top.Command)
+	for _, l := range strings.Split(strings.TrimRight(top.Output, "\n"), "\n") {
+		fmt.Printf("   %s\n", l)
+	}
 
 	// 3.
 	f, err := n.KillAndRestart(stepCtx)

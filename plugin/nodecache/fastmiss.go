@@ -70,6 +70,7 @@ func (fe *frontend) missAsync(pkt []byte, q *query, k key, w *fastWriter) bool {
 	select {
 	case fe.misses <- struct{}{}:
 	default:
+		w.obs.dropped()
 		return true // over the bound: dropped, as a full socket buffer would
 	}
 	mw := &missWaiter{
@@ -126,16 +127,19 @@ func upstreamQuery(name []byte, qtype, qclass uint16, cd, do bool) []byte {
 func (mw *missWaiter) land(res result) {
 	switch {
 	case res.e != nil && mw.servable(res.e):
+		mw.w.obs.wentUpstream(nil)
 		mw.fe.addCache(mw.nc)
 		res.e.fastOn.Or(mw.fe.bit)
 		var buf [1232]byte
 		a := answer{id: mw.id, rd: mw.flags&flagRD != 0, name: mw.name, hasOPT: mw.hasOPT, do: mw.do, limit: mw.limit}
 		b := res.e.render(buf[:0], &a, mw.nc.clock())
 		_ = mw.w.send(b, mw.w.remote)
+		mw.w.obs.report(res.e.rcode)
 		mw.report(res.e.rcode, len(b))
 	case res.e != nil || res.msg != nil:
 		// A plugin in front might change this answer, or it is not an
 		// entry: the chain copes. The miss's slot goes with it.
+		mw.w.obs.wentUpstream(nil)
 		go func() {
 			defer func() { <-mw.fe.misses }()
 			mw.fe.serveMiss(mw.pkt, mw.w)
@@ -144,6 +148,8 @@ func (mw *missWaiter) land(res result) {
 	default:
 		b := mw.servfail()
 		_ = mw.w.send(b, mw.w.remote)
+		mw.w.obs.wentUpstream(res.err)
+		mw.w.obs.report(dns.RcodeServerFailure)
 		mw.report(dns.RcodeServerFailure, len(b))
 	}
 	<-mw.fe.misses

@@ -261,6 +261,7 @@ type fastWriter struct {
 	local  net.Addr
 	remote *net.UDPAddr
 	send   func(b []byte, to *net.UDPAddr) error
+	obs    *chainObs // nil: no observer
 }
 
 func (w *fastWriter) LocalAddr() net.Addr  { return w.local }
@@ -270,11 +271,16 @@ func (w *fastWriter) WriteMsg(m *dns.Msg) error {
 	if err != nil {
 		return err
 	}
-	return w.send(b, w.remote)
+	err = w.send(b, w.remote)
+	w.obs.reportMsg(m)
+	return err
 }
 func (w *fastWriter) Write(b []byte) (int, error) {
 	if err := w.send(b, w.remote); err != nil {
 		return 0, err
+	}
+	if len(b) >= 4 {
+		w.obs.report(int(b[3] & 0xf))
 	}
 	return len(b), nil
 }
@@ -301,5 +307,8 @@ func (fe *frontend) serveMiss(pkt []byte, w *fastWriter) {
 	}
 	ctx := context.WithValue(context.Background(), dnsserver.Key{}, fe.srv)
 	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
+	if w.obs != nil {
+		ctx = context.WithValue(ctx, chainObsKey{}, w.obs)
+	}
 	fe.srv.ServeDNS(ctx, w, m)
 }

@@ -207,6 +207,7 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, aliv
 			continue // shutdown
 		}
 		now := monoNow()
+		ob := loadObserver()
 		out := 0
 		for i := 0; i < int(n); i++ {
 			pkt := rbufs[i][:rmsgs[i].n]
@@ -215,6 +216,10 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, aliv
 			}
 			resp, k, parsed := fe.answerFromCache(scratch[out][:0], pkt, now, &q, &low)
 			if resp != nil {
+				if ob != nil {
+					ob.Observe(Observation{Client: rawAddr(&rnames[i]), Name: k.name, Qtype: q.qtype,
+						Rcode: int(resp[3] & 0xf), Source: SourceCache, Latency: time.Duration(monoNow() - now)})
+				}
 				sbufs[out] = resp
 				smsgs[out].hdr.Name = rmsgs[i].hdr.Name
 				smsgs[out].hdr.Namelen = rmsgs[i].hdr.Namelen
@@ -228,6 +233,12 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, aliv
 				continue
 			}
 			w := &fastWriter{local: local, remote: to, send: send}
+			if ob != nil && (!parsed || string(k.name) != probeWire) {
+				w.obs = &chainObs{o: ob, client: udpAddrToNetip(to), start: now}
+				if parsed {
+					w.obs.name, w.obs.qtype = append([]byte(nil), q.name...), q.qtype
+				}
+			}
 			if parsed && fe.missAsync(pkt, &q, k, w) {
 				continue
 			}
@@ -245,6 +256,7 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, aliv
 			default:
 				// Over the bound the query is dropped, like a full socket
 				// buffer would: the client retries.
+				w.obs.dropped()
 			}
 		}
 		if out > 0 {
@@ -267,6 +279,18 @@ func (fe *frontend) loop(fd int, local *net.UDPAddr, stopping *atomic.Bool, aliv
 			}
 		}
 	}
+}
+
+// rawAddr is the address of a received datagram's source, without
+// allocating.
+func rawAddr(sa *unix.RawSockaddrInet6) netip.Addr {
+	switch sa.Family {
+	case unix.AF_INET:
+		return netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	case unix.AF_INET6:
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
 }
 
 func sockaddrToUDP(sa *unix.RawSockaddrInet6) *net.UDPAddr {

@@ -205,8 +205,10 @@ func (c *NodeCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		if stale != nil {
 			return c.writeStale(w, server, stale, &a, now)
 		}
+		chainObsFrom(ctx).wentUpstream(res.err)
 		return dns.RcodeServerFailure, plugin.Error(pluginName, res.err)
 	}
+	chainObsFrom(ctx).wentUpstream(nil)
 	if res.e != nil {
 		c.allowFastPath(ctx, res.e, &q)
 		return c.write(w, res.e, &a, c.clock())
@@ -434,6 +436,7 @@ func (c *NodeCache) forwardUncached(ctx context.Context, w dns.ResponseWriter, r
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
 	resp, err := c.pool.Exchange(ctx, r)
+	chainObsFrom(ctx).wentUpstream(err)
 	if err != nil {
 		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
 	}

@@ -102,7 +102,7 @@ const (
 )
 
 // Binaries the node runs, from Options.BinDir.
-var Binaries = []string{"coredns", "node-cache", "pvtz-sync", "pvtzctl", "cloud-emulator", "eni-cni", "eni-agent"}
+var Binaries = []string{"coredns", "node-cache", "pvtz-sync", "pvtzctl", "cloud-emulator", "eni-cni", "eni-agent", "dnsaccelctl"}
 
 // Tools the node and its steps run from $PATH.
 var Tools = []string{"ip", "dig", "getent", "tcpdump"}
@@ -152,6 +152,7 @@ type Node struct {
 	PvtzDNS     string // the emulator's PrivateZone DNS (the VPC resolver), IP:53
 
 	NodeCacheMetrics, NodeCacheHealth, NodeCacheListen string
+	NodeCacheObserve                                   string // --observe: dnsaccelctl's endpoint
 	BPFFS                                              string
 
 	Emulator, CentralDNS, Agent, NodeCache, PvtzSync *Proc
@@ -701,7 +702,7 @@ func (n *Node) StartNodeCache(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := n.freeAddrs(&n.NodeCacheMetrics, &n.NodeCacheHealth, &n.NodeCacheListen); err != nil {
+		if err := n.freeAddrs(&n.NodeCacheMetrics, &n.NodeCacheHealth, &n.NodeCacheListen, &n.NodeCacheObserve); err != nil {
 			return err
 		}
 		if err := os.WriteFile(n.path("node-resolv.conf"), []byte("nameserver "+n.Central.HostIP.String()+"\n"), 0o644); err != nil {
@@ -733,7 +734,7 @@ func (n *Node) NodeCacheArgs() []string {
 		"--listen", n.NodeCacheListen, "--upstream", n.PvtzDNS, "--resolv-conf", n.path("node-resolv.conf"),
 		"--local-ip", n.localIP().String(), "--interface", "lo", "--bpffs", n.BPFFS,
 		"--heartbeat-timeout", n.Opt.HeartbeatTimeout.String(), "--kernel-cache-interfaces", n.kernelCacheInterfaces(),
-		"--metrics", n.NodeCacheMetrics, "--health", n.NodeCacheHealth}
+		"--metrics", n.NodeCacheMetrics, "--health", n.NodeCacheHealth, "--observe", n.NodeCacheObserve}
 }
 
 // kernelCacheInterfaces matches the host ends of this node's pods' veths

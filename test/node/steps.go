@@ -543,3 +543,23 @@ func (n *Node) PrivateZoneRecords(ctx context.Context) (Records, error) {
 	}
 	return r, nil
 }
+
+// TopPods is `dnsaccelctl top pods` against node-cache's --observe
+// endpoint: the pods' DNS as node-cache counted it (kernel answers
+// included). It checks that pod a's queries are there, attributed to it.
+func (n *Node) TopPods(ctx context.Context) (Records, error) {
+	var r Records
+	args := []string{"top", "pods", "--endpoint", "http://" + n.NodeCacheObserve, "--interval", "0", "-k", "5"}
+	r.Command = "bin/dnsaccelctl " + strings.Join(args, " ")
+	out, err := exec.CommandContext(ctx, n.bin("dnsaccelctl"), args...).CombinedOutput()
+	r.Output = string(out)
+	if err != nil {
+		return r, fmt.Errorf("%s: %v\n%s", r.Command, err, out)
+	}
+	for _, l := range strings.Split(r.Output, "\n") {
+		if f := strings.Fields(l); len(f) > 3 && f[1] == n.Pods[0].Name && f[2] != "0" {
+			return r, nil
+		}
+	}
+	return r, fmt.Errorf("%s: no queries of %s:\n%s", r.Command, n.Pods[0].Name, r.Output)
+}

@@ -53,6 +53,7 @@ func main() {
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "fixed-rate rounds, the systems taking turns (figures are medians over rounds)")
 	flag.IntVar(&cfg.LoadCPU, "load-cpu", cfg.LoadCPU, "core dnsperf and the harness are pinned to")
 	flag.DurationVar(&cfg.WaitIdle, "wait-idle", cfg.WaitIdle, "before each system, wait up to this long for both cores to be idle (0 = don't)")
+	flag.BoolVar(&cfg.DNSAccounting, "dns-accounting", cfg.DNSAccounting, "node-cache's per-pod DNS accounting (--dns-accounting); false measures node-cache without it, for its overhead")
 	flag.StringVar(&cfg.NodeCache, "node-cache", cfg.NodeCache, "node-cache binary (relative paths: working dir, then repo root)")
 	flag.StringVar(&cfg.CoreDNS, "coredns", "", "stock CoreDNS binary (default: build the go.mod version into "+bench.StockCoreDNSPath()+")")
 	out := flag.String("out", "docs/benchmarks.md", "markdown file whose kcache section is replaced, relative to the repo root ('' = don't write)")

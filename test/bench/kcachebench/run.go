@@ -57,12 +57,15 @@ type Config struct {
 	LoadCPU          int           `json:"load_cpu"`
 	WaitIdle         time.Duration `json:"wait_idle_ns"`
 	NodeCache        string        `json:"node_cache"`
-	CoreDNS          string        `json:"-"`
-	Quick            bool          `json:"quick"`
-	Command          string        `json:"command"`
-	Out              string        `json:"-"`
-	Plot             string        `json:"-"`
-	JSON             string        `json:"-"`
+	// DNSAccounting is node-cache's --dns-accounting (its per-pod
+	// accounting; on as deployed): run with false to measure its overhead.
+	DNSAccounting bool   `json:"dns_accounting"`
+	CoreDNS       string `json:"-"`
+	Quick         bool   `json:"quick"`
+	Command       string `json:"command"`
+	Out           string `json:"-"`
+	Plot          string `json:"-"`
+	JSON          string `json:"-"`
 }
 
 // DefaultConfig is the full run, for a quiet machine; the dnsperf settings
@@ -70,6 +73,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Systems:          append([]string(nil), AllSystems...),
+		DNSAccounting:    true,
 		Duration:         10 * time.Second,
 		FixedDuration:    5 * time.Second,
 		FixedRate:        30000,
@@ -661,7 +665,7 @@ func (e *env) startNodeCache(ctx context.Context, kernel bool) (*server, error) 
 	listen, metrics := fmt.Sprintf("127.0.0.1:%d", port[0]), fmt.Sprintf("127.0.0.1:%d", port[1])
 	args := append([]string{e.nodeBin, "--steer=true", "--cluster-dns", e.vip.String(), "--heartbeat-timeout", heartbeat.String(),
 		"--kernel-cache=" + strconv.FormatBool(kernel), "--listen", listen, "--upstream", e.upstream,
-		"--metrics", metrics, "--health", ""}, steer...)
+		"--metrics", metrics, "--health", "", "--observe", "", "--dns-accounting=" + strconv.FormatBool(e.cfg.DNSAccounting)}, steer...)
 	p, err := e.procs.Start("node-cache", e.cfg.ServerCPU, nil, filepath.Join(e.dir, "node-cache.log"), args...)
 	if err != nil {
 		return nil, err
