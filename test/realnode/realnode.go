@@ -706,7 +706,7 @@ func (n *Node) WaitNodeReady(ctx context.Context, within time.Duration) error {
 
 // Kubectl runs the cached kubectl with the node's kubeconfig.
 func (n *Node) Kubectl(ctx context.Context, args ...string) (string, error) {
-	bin, err := cluster.BinaryPath("kubectl")
+	bin, err := kubectlPath()
 	if err != nil {
 		return "", err
 	}
@@ -716,6 +716,8 @@ func (n *Node) Kubectl(ctx context.Context, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+func kubectlPath() (string, error) { return cluster.BinaryPath("kubectl") }
 
 // Check returns an error if a process of the node has exited.
 func (n *Node) Check() error {
