@@ -17,9 +17,11 @@ build:
 deps:
 	@./hack/deps.sh
 
-# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE).
+# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE);
+# with the controller manager, scheduler, kube-proxy and kubelet of the
+# real test node (test/realnode).
 kube:
-	@$(GO) run ./test/cluster/cmd/build-kube
+	@$(GO) run ./test/cluster/cmd/build-kube -all
 
 # The packages with concurrency of their own run once, under the race
 # detector; every other package runs once without it.
@@ -77,8 +79,7 @@ images-docker:
 # A real Kubernetes node on this machine (test/realnode: kubelet +
 # containerd + kube-proxy next to the test API server), in the background;
 # then `kubectl apply -k manifests/overlays/realnode` (docs/realnode.md).
-realnode-up: deps images
-	@$(GO) run ./test/cluster/cmd/build-kube -all
+realnode-up: deps images kube
 	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
 	@bin/realnode up --detach
 

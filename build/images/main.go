@@ -47,8 +47,9 @@ var binaries = []struct{ name, user string }{
 	{"eni-cni", ""},
 }
 
-// PauseRefs name the sandbox image (test/realnode pins the first).
-var pauseRefs = []string{"registry.k8s.io/pause:3.10.1", "registry.k8s.io/pause:3.10"}
+// pauseRefs name the sandbox image (test/realnode pins the first; the
+// kubelet and the e2e suite of 1.36 know 3.10.2).
+var pauseRefs = []string{"registry.k8s.io/pause:3.10.1", "registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10"}
 
 // dnstools: host programs copied into dnsaccel/dnstools with their
 // libraries.

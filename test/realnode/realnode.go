@@ -64,6 +64,8 @@ const (
 	ClusterDNS = "10.230.0.10"
 	// LocalDNS is node-cache's --local-ip in the overlay.
 	LocalDNS = "169.254.33.10"
+	// NotrackTable is node-cache's --notrack-table in the overlay.
+	NotrackTable = "dnsaccel-realnode"
 	// EmulatorAddr is bin/cloud-emulator's OpenAPI endpoint (ECS, metadata,
 	// PrivateZone); its PrivateZone DNS answers on NodeIP:53 (the node's
 	// resolv.conf: pods with dnsPolicy Default, node-cache's upstream).

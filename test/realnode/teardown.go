@@ -201,7 +201,7 @@ func cleanRuntime(dir, binDir string) error {
 	// node-cache's steering: links pinned on BPFFS (unmounting frees them),
 	// its address and its nftables table.
 	if bin := filepath.Join(binDir, "node-cache"); isExecutable(bin) && isMountPoint(BPFFS) {
-		if out, err := exec.Command(bin, "--cleanup", "--bpffs", BPFFS, "--local-ip", LocalDNS, "--interface", "lo").CombinedOutput(); err != nil {
+		if out, err := exec.Command(bin, "--cleanup", "--bpffs", BPFFS, "--local-ip", LocalDNS, "--interface", "lo", "--notrack-table", NotrackTable).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("node-cache --cleanup: %v: %s", err, strings.TrimSpace(string(out))))
 		}
 	}
@@ -226,10 +226,11 @@ func cleanRuntime(dir, binDir string) error {
 // the host paths that did not exist before (had), and restores sysctls.
 func cleanHost(had map[string]bool, sysctl map[string]string) error {
 	var errs []error
-	for _, fam := range []string{"ip", "ip6"} {
-		if exec.Command("nft", "list", "table", fam, "kube-proxy").Run() == nil {
-			if out, err := exec.Command("nft", "delete", "table", fam, "kube-proxy").CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("nft delete table %s kube-proxy: %v: %s", fam, err, out))
+	for _, t := range []string{"ip kube-proxy", "ip6 kube-proxy", "inet " + NotrackTable} {
+		fam, name, _ := strings.Cut(t, " ")
+		if exec.Command("nft", "list", "table", fam, name).Run() == nil {
+			if out, err := exec.Command("nft", "delete", "table", fam, name).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("nft delete table %s: %v: %s", t, err, out))
 			}
 		}
 	}
@@ -329,8 +330,8 @@ func cleanHostNoVPC() error {
 	for _, m := range mountsUnder(HostDir) {
 		_ = unix.Unmount(m, unix.MNT_DETACH)
 	}
-	for _, fam := range []string{"ip", "ip6"} {
-		_ = exec.Command("nft", "delete", "table", fam, "kube-proxy").Run()
+	for _, t := range []string{"ip kube-proxy", "ip6 kube-proxy", "inet " + NotrackTable} {
+		_ = exec.Command("nft", append([]string{"delete", "table"}, strings.Fields(t)...)...).Run()
 	}
 	return os.RemoveAll(HostDir)
 }
@@ -350,9 +351,9 @@ func Leftovers() []string {
 	if _, err := netlink.LinkByName(Bridge); err == nil {
 		left = append(left, "interface "+Bridge)
 	}
-	for _, fam := range []string{"ip", "ip6"} {
-		if exec.Command("nft", "list", "table", fam, "kube-proxy").Run() == nil {
-			left = append(left, "nftables table "+fam+" kube-proxy")
+	for _, t := range []string{"ip kube-proxy", "ip6 kube-proxy", "inet " + NotrackTable} {
+		if exec.Command("nft", append([]string{"list", "table"}, strings.Fields(t)...)...).Run() == nil {
+			left = append(left, "nftables table "+t)
 		}
 	}
 	if lo, err := netlink.LinkByName("lo"); err == nil {
