@@ -7,6 +7,7 @@
 //	realnode down          stop a running node (it tears itself down) and sweep what
 //	                       a killed one left
 //	realnode import        import the image tars of --images into the running node
+//	realnode containerd    build containerd into the cache (done by up when missing)
 package main
 
 import (
@@ -35,7 +36,7 @@ func main() {
 	detach := fs.Bool("detach", false, "up: run the node in the background (log in $TMPDIR/dnsaccel-realnode-up.log) and return once it is up")
 	readyFile := fs.String("ready-file", "", "up: write the kubeconfig path to FILE once the node is up (used by --detach)")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: realnode up [--detach] | down | import [flags]\n\n"+
+		fmt.Fprintf(os.Stderr, "Usage: realnode up [--detach] | down | import | containerd [flags]\n\n"+
 			"A real Kubernetes node on this machine (kubelet + containerd, test/realnode):\n"+
 			"then `kubectl apply -k manifests/overlays/realnode`.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -63,6 +64,11 @@ func main() {
 		err = down()
 	case "import":
 		err = importImages(opt)
+	case "containerd":
+		var dir string
+		if dir, err = realnode.EnsureContainerd(context.Background()); err == nil {
+			fmt.Println(dir)
+		}
 	default:
 		fs.Usage()
 		os.Exit(2)
