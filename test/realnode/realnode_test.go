@@ -284,7 +284,7 @@ func buildImages(ctx context.Context, binDir, dir string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "go", "run", "./build/images", "-bin", binDir, "-out", dir)
+	cmd := exec.CommandContext(ctx, "go", "run", "./build/images", "--bin", binDir, "--out", dir)
 	cmd.Dir = root
 	cmd.Env = os.Environ()
 	if out, err := cmd.CombinedOutput(); err != nil {
