@@ -292,3 +292,116 @@ func buildImages(ctx context.Context, binDir, dir string) error {
 	}
 	return nil
 }
+
+// TestContainerdImages runs containerd with the node's configuration
+// alone, imports the images of build/images and runs two of them with ctr
+// (runc, the overlayfs snapshotter, the images' entrypoints and glibc
+// tools): the part of the node that needs no Kubernetes binary.
+func TestContainerdImages(t *testing.T) {
+	binDir, err := DefaultBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(binDir); err != nil {
+		if errors.Is(err, cluster.ErrUnavailable) {
+			cluster.SkipOrFail(t, "containerd: %v", err)
+		}
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	ctrDir, err := EnsureContainerd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := t.TempDir()
+	if err := buildImages(ctx, binDir, images); err != nil {
+		t.Fatal(err)
+	}
+	// cleanRuntime removes the kubepods cgroups (and kills their
+	// processes): no node may run meanwhile.
+	locker := &Node{}
+	if err := locker.takeLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(locker.releaseLock)
+	dir, err := os.MkdirTemp("", "dnsaccel-realnode-ctrtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "containerd", "containerd.sock")
+	if err := os.MkdirAll(filepath.Dir(sock), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "containerd", "config.toml")
+	if err := os.WriteFile(conf, []byte(containerdConfig(dir, sock, runc)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startProc("containerd", filepath.Join(dir, "containerd.log"), []string{"PATH=" + ctrDir + ":" + os.Getenv("PATH")}, filepath.Join(ctrDir, "containerd"), "--config", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd log:\n%s", p.Tail(30))
+		}
+		if err := p.Stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if err := cleanRuntime(dir, ""); err != nil {
+			t.Error(err)
+		}
+		if m := mountsUnder(dir); len(m) > 0 {
+			t.Errorf("mounts left: %v", m)
+		}
+		if s := shimPids(dir); len(s) > 0 {
+			t.Errorf("shims left: %v", s)
+		}
+		os.RemoveAll(dir)
+	})
+	ctr := filepath.Join(ctrDir, "ctr")
+	n := &Node{}
+	if err := n.poll(ctx, "containerd's socket", time.Minute, p, func() bool {
+		return exec.Command(ctr, "--address", sock, "version").Run() == nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	refs, err := ImportImages(ctx, ctr, sock, images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("imported %d references in %s", len(refs), time.Since(t0).Round(time.Millisecond))
+	for _, want := range []string{PauseImage, "docker.io/dnsaccel/node-cache:dev", "localhost:5000/dnsaccel/coredns:dev", "docker.io/" + DNSToolsImage} {
+		found := false
+		for _, r := range refs {
+			found = found || r == want
+		}
+		if !found {
+			t.Errorf("%s not among the imported images %v", want, refs)
+		}
+	}
+	run := func(id, image string, argv ...string) string {
+		t.Helper()
+		// In a kubepods cgroup, which the clean-up removes.
+		args := append([]string{"--address", sock, "-n", "k8s.io", "run", "--rm", "--cgroup", "/kubepods/" + id, image, id}, argv...)
+		out, err := exec.CommandContext(ctx, ctr, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ctr run %s %s: %v\n%s", image, strings.Join(argv, " "), err, out)
+		}
+		return string(out)
+	}
+	if out := run("dnsaccel-ctrtest-getent", "docker.io/"+DNSToolsImage, "/usr/bin/getent", "hosts", "localhost"); !strings.Contains(out, "localhost") {
+		t.Errorf("getent hosts localhost in dnstools: %q", out)
+	}
+	if out := run("dnsaccel-ctrtest-dig", "docker.io/"+DNSToolsImage, "/usr/bin/dig", "-v"); !strings.Contains(out, "DiG 9") {
+		t.Errorf("dig -v in dnstools: %q", out)
+	}
+	if out := run("dnsaccel-ctrtest-nodecache", "docker.io/dnsaccel/node-cache:dev", "/node-cache", "--version"); strings.TrimSpace(out) == "" {
+		t.Errorf("node-cache --version: no output")
+	}
+}
