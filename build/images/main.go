@@ -16,6 +16,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -37,14 +38,23 @@ import (
 
 // Binaries and the user their image runs as (as in build/Dockerfile):
 // "" is root (node-cache, eni-agent and eni-cni need it), 65532 nonroot.
-var binaries = []struct{ name, user string }{
-	{"coredns", "65532:65532"},
-	{"node-cache", ""},
-	{"pvtz-sync", "65532:65532"},
-	{"pvtzctl", "65532:65532"},
-	{"cloud-emulator", "65532:65532"},
-	{"eni-agent", ""},
-	{"eni-cni", ""},
+//
+// caps are file capabilities of the binary: the central CoreDNS runs as
+// 65532 and binds port 53, which a non-root process can do only with
+// cap_net_bind_service in its file's permitted set (as the upstream CoreDNS
+// image sets it); the capability granted by the Deployment alone is lost at
+// execve.
+var binaries = []struct {
+	name, user string
+	caps       []int
+}{
+	{"coredns", "65532:65532", []int{capNetBindService}},
+	{"node-cache", "", nil},
+	{"pvtz-sync", "65532:65532", nil},
+	{"pvtzctl", "65532:65532", nil},
+	{"cloud-emulator", "65532:65532", nil},
+	{"eni-agent", "", nil},
+	{"eni-cni", "", nil},
 }
 
 // pauseRefs name the sandbox image (test/realnode pins the first; the
@@ -96,7 +106,7 @@ func run(binDir, out, tag string) error {
 	}
 	for _, b := range binaries {
 		bin := filepath.Join(binDir, b.name)
-		l, err := fileLayer(map[string]string{"/" + b.name: bin})
+		l, err := fileLayerCaps(map[string]string{"/" + b.name: bin}, map[string][]int{"/" + b.name: b.caps})
 		if err != nil {
 			return fmt.Errorf("%s (run make build first): %w", b.name, err)
 		}
@@ -239,7 +249,29 @@ func baseLayer() (v1.Layer, error) {
 
 // fileLayer holds the given host files (image path: host path, symlinks
 // followed), executable, with their parent directories.
-func fileLayer(files map[string]string) (v1.Layer, error) {
+func fileLayer(files map[string]string) (v1.Layer, error) { return fileLayerCaps(files, nil) }
+
+// capNetBindService is CAP_NET_BIND_SERVICE.
+const capNetBindService = 10
+
+// fileCaps is the security.capability extended attribute (struct
+// vfs_cap_data, revision 2) giving caps permitted and effective, as
+// `setcap cap_...=+ep` writes it; containerd applies it when unpacking
+// (the tar's SCHILY.xattr record).
+func fileCaps(caps []int) string {
+	var perm [2]uint32
+	for _, c := range caps {
+		perm[c/32] |= 1 << (c % 32)
+	}
+	b := make([]byte, 20)
+	binary.LittleEndian.PutUint32(b[0:], 0x02000000|0x1) // VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+	binary.LittleEndian.PutUint32(b[4:], perm[0])
+	binary.LittleEndian.PutUint32(b[12:], perm[1])
+	return string(b)
+}
+
+// fileLayerCaps is fileLayer with file capabilities for some files.
+func fileLayerCaps(files map[string]string, caps map[string][]int) (v1.Layer, error) {
 	var paths []string
 	for p := range files {
 		paths = append(paths, p)
@@ -263,7 +295,11 @@ func fileLayer(files map[string]string) (v1.Layer, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(p, "/"), Mode: 0o755, Size: int64(len(b)), ModTime: epoch}); err != nil {
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(p, "/"), Mode: 0o755, Size: int64(len(b)), ModTime: epoch, Format: tar.FormatPAX}
+		if c := caps[p]; len(c) > 0 {
+			h.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": fileCaps(c)}
+		}
+		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
 		if _, err := tw.Write(b); err != nil {
