@@ -5,7 +5,7 @@ BINARIES := coredns node-cache pvtz-sync pvtz-webhook pvtzctl cloud-emulator eni
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build test demo demo-cache bench generate lint clean deps kube images
+.PHONY: all build test demo demo-cache bench generate lint clean deps kube images images-docker realnode-up realnode-down
 
 all: build
 
@@ -17,9 +17,11 @@ build:
 deps:
 	@./hack/deps.sh
 
-# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE).
+# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE);
+# with the controller manager, scheduler, kube-proxy and kubelet of the
+# real test node (test/realnode).
 kube:
-	@$(GO) run ./test/cluster/cmd/build-kube
+	@$(GO) run ./test/cluster/cmd/build-kube -all
 
 # The packages with concurrency of their own run once, under the race
 # detector; every other package runs once without it.
@@ -58,19 +60,32 @@ lint:
 	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
-# Container images (build/Dockerfile, a stage per binary), where a Docker
-# engine runs.
+# Container images without Docker or a registry (build/images: one layer
+# per binary on a small base, a pause image, dnsaccel/dnstools), as
+# docker-archive tars in bin/images; imported into the real test node's
+# containerd when one runs (make realnode-up imports them at start).
 IMAGE_PREFIX ?= dnsaccel
 IMAGE_TAG ?= dev
-images:
-	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
-		echo "make images: no Docker engine on this machine (docker info fails); build/Dockerfile builds each binary's image where one runs:"; \
-		echo "  docker build -f build/Dockerfile --target node-cache -t $(IMAGE_PREFIX)/node-cache:$(IMAGE_TAG) ."; \
-		exit 0; \
-	fi; \
-	for b in $(BINARIES); do \
+images: build
+	@$(GO) run ./build/images -bin bin -out bin/images -tag $(IMAGE_TAG)
+	@if [ -e /run/dnsaccel-realnode.json ]; then $(GO) run ./test/realnode/cmd/realnode import; fi
+
+# The same images from build/Dockerfile, where a Docker engine runs.
+images-docker:
+	@for b in $(BINARIES); do \
 		docker build -f build/Dockerfile --target $$b -t $(IMAGE_PREFIX)/$$b:$(IMAGE_TAG) . || exit 1; \
 	done
+
+# A real Kubernetes node on this machine (test/realnode: kubelet +
+# containerd + kube-proxy next to the test API server), in the background;
+# then `kubectl apply -k manifests/overlays/realnode` (docs/realnode.md).
+realnode-up: deps images kube
+	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
+	@bin/realnode up --detach
+
+realnode-down:
+	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
+	@bin/realnode down
 
 clean:
 	rm -rf bin

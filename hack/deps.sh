@@ -15,7 +15,9 @@ fi
 # etcd-server: the test API server's store. clang/llvm: make generate (the
 # kernel and libbpf headers are vendored in bpf/include).
 # dnsperf/unbound/dnsmasq-base: benchmark peers. dnsutils: dig. iproute2: ip netns.
-packages=(etcd-server clang llvm dnsperf unbound dnsmasq-base dnsutils iproute2 iptables tcpdump gnuplot-nox)
+# runc: the real test node's OCI runtime (test/realnode); nftables: nft, which
+# its kube-proxy (nftables mode) runs.
+packages=(etcd-server clang llvm dnsperf unbound dnsmasq-base dnsutils iproute2 iptables tcpdump gnuplot-nox runc nftables)
 
 missing=()
 for p in "${packages[@]}"; do

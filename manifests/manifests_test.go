@@ -63,7 +63,8 @@ func kubectl(t *testing.T, c *cluster.Cluster, args ...string) (string, error) {
 // for, where it is not the test API server's: a server-side dry run checks
 // a Service's clusterIP against the server's primary range only.
 var serviceRanges = map[string]string{
-	filepath.Join("overlays", "ack"): "172.21.0.0/20", // ACK's default
+	filepath.Join("overlays", "ack"):      "172.21.0.0/20", // ACK's default
+	filepath.Join("overlays", "realnode"): "10.230.0.0/20", // test/realnode's
 }
 
 // TestServerSideDryRun applies the base and every overlay to the API server

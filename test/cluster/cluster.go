@@ -81,8 +81,9 @@ type Cluster struct {
 }
 
 type config struct {
-	serviceCIDR string
-	extraArgs   []string
+	serviceCIDR     string
+	extraArgs       []string
+	serviceAccounts bool
 }
 
 // Option configures Start.
@@ -90,6 +91,13 @@ type Option func(*config)
 
 // WithServiceCIDR sets --service-cluster-ip-range (default DefaultServiceCIDR).
 func WithServiceCIDR(cidr string) Option { return func(c *config) { c.serviceCIDR = cidr } }
+
+// WithServiceAccountAdmission keeps the ServiceAccount admission plugin on
+// (by default it is disabled, because no controller manager creates the
+// "default" ServiceAccounts): for a cluster that runs kube-controller-manager
+// and real pods, which need their service account token volumes
+// (test/realnode).
+func WithServiceAccountAdmission() Option { return func(c *config) { c.serviceAccounts = true } }
 
 // WithAPIServerArgs appends extra kube-apiserver flags (later flags win).
 func WithAPIServerArgs(args ...string) Option {
@@ -221,13 +229,15 @@ func start(ctx context.Context, cfg config, etcdBin, apiBin string) (_ *Cluster,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=" + cfg.serviceCIDR,
 		"--allow-privileged=true",
-		// No controller manager creates the "default" ServiceAccounts.
-		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
 		// The endpoints of the "kubernetes" Service would be the loopback
 		// advertise address, which Endpoints validation rejects (logged
 		// every 10s). Nothing here needs them.
 		"--endpoint-reconciler-type=none",
+	}
+	if !cfg.serviceAccounts {
+		// No controller manager creates the "default" ServiceAccounts.
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
 	}
 	args = append(args, cfg.extraArgs...)
 	c.apiserver, err = startProc("kube-apiserver", apiBin, args, filepath.Join(dir, "kube-apiserver.log"))
