@@ -93,6 +93,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dnsa_lb_stats SEC(".maps");
 
+/* Backends that left, for the dnsa_lb_term iterator (not pinned). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct dnsa_lb_gone_key);
+	__type(value, __u8);
+} dnsa_lb_gone SEC(".maps");
+
 /* steer.c's maps, shared (identical definitions, pinned by name). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -170,7 +178,7 @@ static __always_inline int same_backend(const struct dnsa_lb_sock_rev *e, const 
 
 /* remember stores backend -> frontend in the socket's storage. */
 static __always_inline int remember(struct bpf_sock_addr *ctx, const struct dnsa_lb_key *fe, __u16 rev_nat_id,
-				    const struct dnsa_lb_backend *be)
+				    const struct dnsa_lb_backend *be, __u8 connected)
 {
 	struct dnsa_lb_sock_val *st;
 	struct dnsa_lb_sock_rev *e = 0;
@@ -198,6 +206,7 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, const struct dnsa
 	e->vip_port = fe->port;
 	e->rev_nat_id = rev_nat_id;
 	e->family = be->family;
+	e->connected = connected;
 	return 1;
 }
 
@@ -288,7 +297,7 @@ static __always_inline int is_v4mapped(const struct bpf_sock_addr *ctx)
 	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff);
 }
 
-static __always_inline int fwd4(struct bpf_sock_addr *ctx, __u8 proto)
+static __always_inline int fwd4(struct bpf_sock_addr *ctx, __u8 proto, __u8 connected)
 {
 	struct dnsa_lb_key key = {};
 	struct dnsa_lb_backend *be;
@@ -302,7 +311,7 @@ static __always_inline int fwd4(struct bpf_sock_addr *ctx, __u8 proto)
 	be = pick(ctx, &key, &rev_nat_id, &verdict);
 	if (!be || be->family != DNSA_FAMILY_V4)
 		return verdict;
-	if (!remember(ctx, &key, rev_nat_id, be))
+	if (!remember(ctx, &key, rev_nat_id, be, connected))
 		return 1;
 	ctx->user_ip4 = be->addr[0];
 	ctx->user_port = be->port;
@@ -310,7 +319,7 @@ static __always_inline int fwd4(struct bpf_sock_addr *ctx, __u8 proto)
 	return 1;
 }
 
-static __always_inline int fwd6(struct bpf_sock_addr *ctx, __u8 proto)
+static __always_inline int fwd6(struct bpf_sock_addr *ctx, __u8 proto, __u8 connected)
 {
 	struct dnsa_lb_key key = {};
 	struct dnsa_lb_backend *be;
@@ -333,7 +342,7 @@ static __always_inline int fwd6(struct bpf_sock_addr *ctx, __u8 proto)
 	be = pick(ctx, &key, &rev_nat_id, &verdict);
 	if (!be || be->family != key.family)
 		return verdict;
-	if (!remember(ctx, &key, rev_nat_id, be))
+	if (!remember(ctx, &key, rev_nat_id, be, connected))
 		return 1;
 	if (key.family == DNSA_FAMILY_V4) {
 		ctx->user_ip6[3] = be->addr[0];
@@ -428,25 +437,25 @@ static __always_inline void rev6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int dnsa_lb_conn4(struct bpf_sock_addr *ctx)
 {
-	return fwd4(ctx, (__u8)ctx->protocol);
+	return fwd4(ctx, (__u8)ctx->protocol, 1);
 }
 
 SEC("cgroup/connect6")
 int dnsa_lb_conn6(struct bpf_sock_addr *ctx)
 {
-	return fwd6(ctx, (__u8)ctx->protocol);
+	return fwd6(ctx, (__u8)ctx->protocol, 1);
 }
 
 SEC("cgroup/sendmsg4")
 int dnsa_lb_send4(struct bpf_sock_addr *ctx)
 {
-	return fwd4(ctx, IPPROTO_UDP);
+	return fwd4(ctx, IPPROTO_UDP, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int dnsa_lb_send6(struct bpf_sock_addr *ctx)
 {
-	return fwd6(ctx, IPPROTO_UDP);
+	return fwd6(ctx, IPPROTO_UDP, 0);
 }
 
 SEC("cgroup/recvmsg4")
@@ -475,4 +484,64 @@ int dnsa_lb_peer6(struct bpf_sock_addr *ctx)
 {
 	rev6(ctx);
 	return 1;
+}
+
+/*
+ * dnsa_lb_term destroys the connected UDP sockets (of the network namespace
+ * that reads the iterator) whose peer is a backend listed in dnsa_lb_gone
+ * for the frontend they were translated for: Cilium's answer to long-lived
+ * connected UDP sockets pinned to a backend that went away (the
+ * application sees ECONNABORTED and connects again, to a live backend).
+ * Loaded only when user space terminates (it needs kernel BTF and the
+ * bpf_sock_destroy kfunc, Linux 6.5+). Only the leading fields of the
+ * kernel's context are declared.
+ */
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+};
+
+struct sock_common;
+struct udp_sock;
+
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+};
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+SEC("iter/udp")
+int dnsa_lb_term(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *sk = ctx->udp_sk;
+	struct dnsa_lb_gone_key k = {};
+	struct dnsa_lb_sock_val *st;
+	struct dnsa_lb_sock_rev *e;
+	int i;
+
+	if (!sk)
+		return 0;
+	st = bpf_sk_storage_get(&dnsa_lb_sock, sk, 0, 0);
+	if (!st)
+		return 0;
+	for (i = 0; i < DNSA_LB_REV_SLOTS; i++) {
+		e = &st->slot[i];
+		if (!e->connected || !e->family)
+			continue;
+		k.backend[0] = e->backend[0];
+		k.backend[1] = e->backend[1];
+		k.backend[2] = e->backend[2];
+		k.backend[3] = e->backend[3];
+		k.backend_port = e->backend_port;
+		k.rev_nat_id = e->rev_nat_id;
+		k.family = e->family;
+		if (bpf_map_lookup_elem(&dnsa_lb_gone, &k)) {
+			bpf_sock_destroy((struct sock_common *)sk);
+			count(DNSA_LB_STAT_TERMINATED);
+			return 0;
+		}
+	}
+	return 0;
 }

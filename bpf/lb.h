@@ -102,8 +102,22 @@ struct dnsa_lb_sock_rev {
 	__u16 backend_port; /* network byte order */
 	__u16 vip_port;     /* network byte order */
 	__u16 rev_nat_id;
-	__u8 family; /* 0: unused slot */
-	__u8 pad;
+	__u8 family;    /* 0: unused slot */
+	__u8 connected; /* translated at connect(): the socket's peer */
+};
+
+/*
+ * A backend that left a frontend (dnsa_lb_gone, written by user space just
+ * before it runs the dnsa_lb_term iterator): connected UDP sockets still
+ * pinned to it are destroyed (the application gets ECONNABORTED and
+ * reconnects, to a live backend).
+ */
+struct dnsa_lb_gone_key {
+	__u32 backend[4];
+	__u16 backend_port; /* network byte order */
+	__u16 rev_nat_id;
+	__u8 family;
+	__u8 pad[3];
 };
 
 /* The value of dnsa_lb_sock: socket-local storage, freed with the socket. */
@@ -122,6 +136,7 @@ enum dnsa_lb_stat {
 	DNSA_LB_STAT_AFFINITY = 6,   /* backend taken from the affinity map */
 	DNSA_LB_STAT_NO_STORAGE = 7, /* socket storage not allocated: untranslated */
 	DNSA_LB_STAT_NO_BACKEND = 8, /* a slot or backend entry missing (update in flight) */
+	DNSA_LB_STAT_TERMINATED = 9, /* connected UDP socket to a gone backend destroyed */
 	DNSA_LB_STAT_MAX = 16,
 };
 

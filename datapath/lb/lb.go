@@ -187,6 +187,9 @@ type Table struct {
 	nextRN  uint16
 	nextBE  uint32
 	entries int // dnsa_lb_svc entries written, for Usage
+
+	pendingGone []lbDnsaLbGoneKey // backends that left, for TerminateUDP
+	term        *ebpf.Program     // the terminating iterator, loaded on first use
 }
 
 // Open loads the programs, adopts or creates the pinned maps and links under
@@ -250,6 +253,9 @@ func (t *Table) Close() error {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
+	if t.term != nil {
+		errs = append(errs, t.term.Close())
+	}
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
 }
@@ -351,9 +357,10 @@ func (t *Table) DeleteService(f Frontend) error {
 			errs = append(errs, t.delSvc(key(st.svc.Frontend, uint8(scope), uint16(slot))))
 		}
 	}
-	for _, id := range st.ids {
+	for a, id := range st.ids {
 		errs = append(errs, del(t.objs.DnsaLbBe, id))
 		delete(t.usedBE, id)
+		t.gone(a, st.id)
 	}
 	errs = append(errs, del(t.objs.DnsaLbRevnat, st.id))
 	delete(t.usedRN, st.id)
@@ -555,6 +562,7 @@ func (t *Table) write(st *svcState, bs []Backend) error {
 			errs = append(errs, del(t.objs.DnsaLbBe, id))
 			delete(t.usedBE, id)
 			delete(st.ids, a)
+			t.gone(a, st.id)
 		}
 	}
 	st.backends = bs
@@ -765,15 +773,16 @@ type Stat uint32
 
 // The counters.
 const (
-	StatXlated    Stat = 0 // connect/sendmsg sent to a backend
-	StatRejected  Stat = 1 // no endpoints: refused
-	StatNoLocal   Stat = 2 // traffic policy Local, none on this node: refused
-	StatSteered   Stat = 3 // left to the node cache's steering
-	StatReversed  Stat = 4 // recvmsg/getpeername shown the frontend
-	StatRevStale  Stat = 5 // reverse entry of a deleted Service: not reversed
-	StatAffinity  Stat = 6 // backend from the affinity map
-	StatNoStorage Stat = 7 // socket storage not allocated: left untranslated
-	StatNoBackend Stat = 8 // slot or backend entry missing (an update in flight)
+	StatXlated     Stat = 0 // connect/sendmsg sent to a backend
+	StatRejected   Stat = 1 // no endpoints: refused
+	StatNoLocal    Stat = 2 // traffic policy Local, none on this node: refused
+	StatSteered    Stat = 3 // left to the node cache's steering
+	StatReversed   Stat = 4 // recvmsg/getpeername shown the frontend
+	StatRevStale   Stat = 5 // reverse entry of a deleted Service: not reversed
+	StatAffinity   Stat = 6 // backend from the affinity map
+	StatNoStorage  Stat = 7 // socket storage not allocated: left untranslated
+	StatNoBackend  Stat = 8 // slot or backend entry missing (an update in flight)
+	StatTerminated Stat = 9 // connected UDP socket to a gone backend destroyed
 )
 
 // StatNames names the counters (for metrics).
@@ -781,6 +790,7 @@ var StatNames = map[Stat]string{
 	StatXlated: "translated", StatRejected: "rejected", StatNoLocal: "no_local_endpoint",
 	StatSteered: "left_to_node_cache", StatReversed: "reversed", StatRevStale: "reverse_stale",
 	StatAffinity: "affinity", StatNoStorage: "no_socket_storage", StatNoBackend: "no_backend",
+	StatTerminated: "udp_terminated",
 }
 
 // Stats returns the counters summed over CPUs.
@@ -816,13 +826,19 @@ func (t *Table) IDs() (IDs, error) {
 		id, _ := info.ID()
 		ids.Programs = append(ids.Programs, id)
 	}
-	for _, m := range []*ebpf.Map{t.objs.DnsaLbSvc, t.objs.DnsaLbBe, t.objs.DnsaLbRevnat, t.objs.DnsaLbAff, t.objs.DnsaLbSock, t.objs.DnsaLbStats} {
+	for _, m := range []*ebpf.Map{t.objs.DnsaLbSvc, t.objs.DnsaLbBe, t.objs.DnsaLbRevnat, t.objs.DnsaLbAff, t.objs.DnsaLbSock, t.objs.DnsaLbStats, t.objs.DnsaLbGone} {
 		info, err := m.Info()
 		if err != nil {
 			return ids, err
 		}
 		id, _ := info.ID()
 		ids.Maps = append(ids.Maps, id)
+	}
+	if t.term != nil {
+		if info, err := t.term.Info(); err == nil {
+			id, _ := info.ID()
+			ids.Programs = append(ids.Programs, id)
+		}
 	}
 	for _, l := range t.links {
 		info, err := l.Info()

@@ -44,6 +44,15 @@ type lbDnsaLbBackend struct {
 	Flags  uint8
 }
 
+type lbDnsaLbGoneKey struct {
+	_           structs.HostLayout
+	Backend     [4]uint32
+	BackendPort uint16
+	RevNatId    uint16
+	Family      uint8
+	Pad         [3]uint8
+}
+
 type lbDnsaLbKey struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -71,7 +80,7 @@ type lbDnsaLbSockRev struct {
 	VipPort     uint16
 	RevNatId    uint16
 	Family      uint8
-	Pad         uint8
+	Connected   uint8
 }
 
 type lbDnsaLbSockVal struct {
@@ -155,6 +164,7 @@ type lbProgramSpecs struct {
 	DnsaLbRecv6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_recv6"`
 	DnsaLbSend4 *ebpf.ProgramSpec `ebpf:"dnsa_lb_send4"`
 	DnsaLbSend6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_send6"`
+	DnsaLbTerm  *ebpf.ProgramSpec `ebpf:"dnsa_lb_term"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -165,6 +175,7 @@ type lbMapSpecs struct {
 	DnsaHb       *ebpf.MapSpec `ebpf:"dnsa_hb"`
 	DnsaLbAff    *ebpf.MapSpec `ebpf:"dnsa_lb_aff"`
 	DnsaLbBe     *ebpf.MapSpec `ebpf:"dnsa_lb_be"`
+	DnsaLbGone   *ebpf.MapSpec `ebpf:"dnsa_lb_gone"`
 	DnsaLbRevnat *ebpf.MapSpec `ebpf:"dnsa_lb_revnat"`
 	DnsaLbSock   *ebpf.MapSpec `ebpf:"dnsa_lb_sock"`
 	DnsaLbStats  *ebpf.MapSpec `ebpf:"dnsa_lb_stats"`
@@ -202,6 +213,7 @@ type lbMaps struct {
 	DnsaHb       *ebpf.Map `ebpf:"dnsa_hb"`
 	DnsaLbAff    *ebpf.Map `ebpf:"dnsa_lb_aff"`
 	DnsaLbBe     *ebpf.Map `ebpf:"dnsa_lb_be"`
+	DnsaLbGone   *ebpf.Map `ebpf:"dnsa_lb_gone"`
 	DnsaLbRevnat *ebpf.Map `ebpf:"dnsa_lb_revnat"`
 	DnsaLbSock   *ebpf.Map `ebpf:"dnsa_lb_sock"`
 	DnsaLbStats  *ebpf.Map `ebpf:"dnsa_lb_stats"`
@@ -215,6 +227,7 @@ func (m *lbMaps) Close() error {
 		m.DnsaHb,
 		m.DnsaLbAff,
 		m.DnsaLbBe,
+		m.DnsaLbGone,
 		m.DnsaLbRevnat,
 		m.DnsaLbSock,
 		m.DnsaLbStats,
@@ -241,6 +254,7 @@ type lbPrograms struct {
 	DnsaLbRecv6 *ebpf.Program `ebpf:"dnsa_lb_recv6"`
 	DnsaLbSend4 *ebpf.Program `ebpf:"dnsa_lb_send4"`
 	DnsaLbSend6 *ebpf.Program `ebpf:"dnsa_lb_send6"`
+	DnsaLbTerm  *ebpf.Program `ebpf:"dnsa_lb_term"`
 }
 
 func (p *lbPrograms) Close() error {
@@ -253,6 +267,7 @@ func (p *lbPrograms) Close() error {
 		p.DnsaLbRecv6,
 		p.DnsaLbSend4,
 		p.DnsaLbSend6,
+		p.DnsaLbTerm,
 	)
 }
 

@@ -290,6 +290,56 @@ func TestSocketLB(t *testing.T) {
 				t.Errorf("%d connections reached the removed backend", n)
 			}
 		}},
+		{"connected UDP pinned to a removed backend is terminated", func(t *testing.T) {
+			s := lb.Service{Frontend: lb.Frontend{Addr: e.rng.VIP(false), Port: 55, Proto: lb.UDP}}
+			e.service(t, s, be(b0, false, 5353), be(b1, false, 5353))
+			vip := netip.AddrPortFrom(s.Addr, s.Port)
+			c, err := svctest.DialUDP(e.client, vip, svctest.UDPOptions{}, timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			idle, err := svctest.DialUDP(e.client, vip, svctest.UDPOptions{}, timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer idle.Close()
+			r := c.Echo("before")
+			if r.Err != nil {
+				t.Fatal(r.Err)
+			}
+			pinned, other := b0, b1
+			if r.Backend == b1.Name {
+				pinned, other = b1, b0
+			}
+			if err := e.tbl.SetBackends(s.Frontend, []lb.Backend{be(other, false, 5353)}); err != nil {
+				t.Fatal(err)
+			}
+			n, err := e.tbl.TerminateUDP()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n < 1 {
+				t.Fatalf("terminated %d sockets, want the one pinned to %s", n, pinned.Name)
+			}
+			r = c.Echo("after")
+			if !errors.Is(r.Err, syscall.ECONNABORTED) && !errors.Is(r.Err, syscall.EDESTADDRREQ) {
+				t.Errorf("the pinned socket after termination: %+v, want ECONNABORTED", r)
+			}
+			// A socket pinned to the backend that stays is left alone
+			// (unless it was pinned to the removed one too).
+			if r := idle.Echo("idle"); r.Err == nil && r.Backend != other.Name {
+				t.Errorf("a surviving socket reached %s", r.Backend)
+			}
+			c2, err := svctest.DialUDP(e.client, vip, svctest.UDPOptions{}, timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			if r := c2.Echo("again"); r.Err != nil || r.Backend != other.Name {
+				t.Errorf("reconnected: %+v, want %s", r, other.Name)
+			}
+		}},
 		{"a deleted Service is not translated", func(t *testing.T) {
 			s := lb.Service{Frontend: lb.Frontend{Addr: e.rng.VIP(false), Port: 80, Proto: lb.TCP}}
 			e.service(t, s, be(b0, false, 8080))
