@@ -128,14 +128,22 @@ type Range struct {
 
 // NewRange takes a free 10.200.X.0/24 and fd96:200:X::/64 by adding
 // blackhole routes for them (removed when the test ends).
-func NewRange(t testing.TB) *Range {
+func NewRange(t testing.TB) *Range { return NewRangeIn(t, 200) }
+
+// NewRangeIn is NewRange in 10.<second>.X.0/24 (and fd96:<second>:X::/64):
+// 96 for addresses in the test API server's Service CIDR (10.96.0.0/16),
+// given to Services as explicit ClusterIPs.
+func NewRangeIn(t testing.TB, second byte) *Range {
 	t.Helper()
 	r := &Range{}
 	for i := 0; ; i++ {
 		var b [1]byte
 		rand.Read(b[:])
-		v4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, b[0], 0}), 24)
-		v6 := netip.MustParsePrefix(fmt.Sprintf("fd96:200:%x::/64", b[0]))
+		if second == 96 && b[0] == 0 {
+			continue // 10.96.0.x: the kubernetes and kube-dns Services of other tests
+		}
+		v4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, second, b[0], 0}), 24)
+		v6 := netip.MustParsePrefix(fmt.Sprintf("fd96:%d:%x::/64", second, b[0]))
 		err := addBlackhole(v4)
 		if err == nil {
 			if err = addBlackhole(v6); err != nil {
