@@ -29,7 +29,9 @@ import (
 
 // The EndpointSlices come from a real kube-controller-manager's
 // EndpointSlice controller watching the pods, as in a cluster.
-func TestMain(m *testing.M) { cluster.Main(m, cluster.WithControllerManager("endpointslice-controller")) }
+func TestMain(m *testing.M) {
+	cluster.Main(m, cluster.WithControllerManager("endpointslice-controller"))
+}
 
 const timeout = 2 * time.Second
 
@@ -199,7 +201,7 @@ func TestAgent(t *testing.T) {
 	vip := rng.VIP(false)
 	createService(t, cs, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip.String(), Ports: webPorts(), Selector: web},
+		Spec:       corev1.ServiceSpec{ClusterIP: vip.String(), Ports: webPorts(), Selector: web},
 	})
 	http80 := netip.AddrPortFrom(vip, 80)
 
