@@ -85,6 +85,21 @@ func Cgroup(t testing.TB) string {
 	return dir
 }
 
+// EmptyCgroup creates a cgroup v2 directory of the test's own with no
+// process in it (for a program that must attach somewhere harmless),
+// removed when the test ends.
+func EmptyCgroup(t testing.TB) string {
+	t.Helper()
+	root := steertest.RequireBPF(t)
+	sweepCgroups(root)
+	dir := filepath.Join(root, fmt.Sprintf("%s%d-%s", CgroupPrefix, os.Getpid(), randHex(3)))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("creating cgroup %s: %v", dir, err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	return dir
+}
+
 // ownCgroup is the cgroup v2 directory of this process.
 func ownCgroup(root string) (string, error) {
 	b, err := os.ReadFile("/proc/self/cgroup")
