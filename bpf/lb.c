@@ -29,8 +29,13 @@
  * program runs second sees either a node-cache address or a backend address,
  * neither of which is in its table.
  */
+#include <stddef.h>
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -92,6 +97,14 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dnsa_lb_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct dnsa_lb_ct_key);
+	__type(value, struct dnsa_lb_ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dnsa_lb_ct SEC(".maps");
 
 /* Backends that left, for the dnsa_lb_term iterator (not pinned). */
 struct {
@@ -544,4 +557,302 @@ int dnsa_lb_term(struct bpf_iter__udp *ctx)
 		}
 	}
 	return 0;
+}
+
+/*
+ * The per-packet load balancer (tc), for traffic no socket of this node
+ * translated: pods whose traffic bypasses the node's sockets (IPVLAN,
+ * host-bypass), NodePorts reached from another node. Attached in pairs to
+ * an interface: dnsa_lb_pkt_in (or _ext_in) where requests enter (the host
+ * end of a pod's veth: ingress; a node interface: ingress) rewrites the
+ * destination from a frontend to a backend and records the flow in
+ * dnsa_lb_ct; dnsa_lb_pkt_out on the same interface's egress (where the
+ * replies leave towards the client) rewrites their source back to the
+ * frontend. Only well-formed, unfragmented IPv4/IPv6 TCP and UDP packets
+ * with a frontend as destination are changed; everything else passes
+ * untouched. Packets a socket program already translated carry a backend
+ * address and pass too.
+ */
+#define TCP_CSUM_OFF 16
+#define UDP_CSUM_OFF 6
+
+struct pkt {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 l3, l4;
+	__u16 sport, dport;
+	__u8 proto, family;
+	__u8 syn;
+};
+
+/* parse fills p for a well-formed unfragmented TCP/UDP packet; 0 else. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 len = skb->len;
+	__u16 ports[2];
+	__u8 l4h[14];
+
+	p->l3 = ETH_HLEN;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		__u32 tot, ihl;
+
+		if (bpf_skb_load_bytes(skb, p->l3, &ip, sizeof(ip)) < 0)
+			return 0;
+		ihl = ip.ihl * 4;
+		tot = bpf_ntohs(ip.tot_len);
+		if (ip.version != 4 || ihl < sizeof(ip) || tot < ihl || p->l3 + tot > len)
+			return 0;
+		if (ip.frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+			return 0;
+		p->family = DNSA_FAMILY_V4;
+		p->proto = ip.protocol;
+		p->saddr[0] = ip.saddr;
+		p->daddr[0] = ip.daddr;
+		p->l4 = p->l3 + ihl;
+		len = p->l3 + tot;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u32 plen;
+
+		if (bpf_skb_load_bytes(skb, p->l3, &ip6, sizeof(ip6)) < 0)
+			return 0;
+		plen = bpf_ntohs(ip6.payload_len);
+		if (ip6.version != 6 || p->l3 + sizeof(ip6) + plen > len)
+			return 0;
+		p->family = DNSA_FAMILY_V6;
+		p->proto = ip6.nexthdr; /* extension headers: not handled, passed */
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		p->l4 = p->l3 + sizeof(ip6);
+		len = p->l4 + plen;
+	} else {
+		return 0;
+	}
+	if (p->proto == IPPROTO_TCP) {
+		__u32 doff;
+
+		if (bpf_skb_load_bytes(skb, p->l4, l4h, 14) < 0)
+			return 0;
+		doff = (l4h[12] >> 4) * 4;
+		if (doff < 20 || p->l4 + doff > len)
+			return 0;
+		p->syn = (l4h[13] & 0x12) == 0x02; /* SYN without ACK */
+	} else if (p->proto == IPPROTO_UDP) {
+		__u32 ulen;
+
+		if (bpf_skb_load_bytes(skb, p->l4, l4h, 8) < 0)
+			return 0;
+		ulen = ((__u32)l4h[4] << 8) | l4h[5];
+		if (ulen < 8 || p->l4 + ulen > len)
+			return 0;
+	} else {
+		return 0;
+	}
+	__builtin_memcpy(ports, l4h, 4);
+	p->sport = ports[0];
+	p->dport = ports[1];
+	return 1;
+}
+
+/* rewrite replaces the destination (dst) or source address and port. */
+static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int dst, const __u32 *addr, __u16 port)
+{
+	__u32 csum_off = p->l4 + (p->proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF);
+	__u32 port_off = p->l4 + (dst ? 2 : 0);
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u16 old_port = dst ? p->dport : p->sport;
+	const __u32 *old = dst ? p->daddr : p->saddr;
+
+	if (p->family == DNSA_FAMILY_V4) {
+		__u32 off = p->l3 + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+		if (bpf_l4_csum_replace(skb, csum_off, old[0], addr[0], BPF_F_PSEUDO_HDR | 4 | mangled) < 0 ||
+		    bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old[0], addr[0], 4) < 0 ||
+		    bpf_skb_store_bytes(skb, off, addr, 4, 0) < 0)
+			return 0;
+	} else {
+		__u32 off = p->l3 + (dst ? offsetof(struct ipv6hdr, daddr) : offsetof(struct ipv6hdr, saddr));
+		__u32 o[4] = {old[0], old[1], old[2], old[3]};
+		__u32 n[4] = {addr[0], addr[1], addr[2], addr[3]};
+		__s64 diff = bpf_csum_diff(o, 16, n, 16, 0);
+
+		if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, (__u32)diff, BPF_F_PSEUDO_HDR | mangled) < 0 ||
+		    bpf_skb_store_bytes(skb, off, n, 16, 0) < 0)
+			return 0;
+	}
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, port, 2 | mangled) < 0 ||
+	    bpf_skb_store_bytes(skb, port_off, &port, 2, 0) < 0)
+		return 0;
+	return 1;
+}
+
+static __always_inline int revnat_valid(__u16 id, const struct dnsa_lb_key *fe)
+{
+	struct dnsa_lb_revnat_val *rn = bpf_map_lookup_elem(&dnsa_lb_revnat, &id);
+
+	return rn && rn->family == fe->family && rn->port == fe->port && rn->proto == fe->proto &&
+	       rn->addr[0] == fe->addr[0] && rn->addr[1] == fe->addr[1] && rn->addr[2] == fe->addr[2] &&
+	       rn->addr[3] == fe->addr[3];
+}
+
+static __always_inline int pkt_fwd(struct __sk_buff *skb, int external)
+{
+	struct dnsa_lb_key key = {};
+	struct dnsa_lb_svc_val *svc, *slot;
+	struct dnsa_lb_ct_key ck = {}, rk = {};
+	struct dnsa_lb_ct_val *cv, nv = {}, rv = {};
+	struct dnsa_lb_backend *be = 0;
+	struct dnsa_lb_aff_key ak = {};
+	struct dnsa_lb_aff_val *av, nav = {};
+	struct pkt p = {};
+	__u32 backend_id = 0;
+	__u64 now;
+
+	if (!parse(skb, &p))
+		return TC_ACT_OK;
+	__builtin_memcpy(key.addr, p.daddr, 16);
+	key.port = p.dport;
+	key.proto = p.proto;
+	key.family = p.family;
+	svc = 0;
+	if (external) {
+		key.scope = DNSA_LB_SCOPE_EXT;
+		svc = bpf_map_lookup_elem(&dnsa_lb_svc, &key);
+	}
+	if (!svc) {
+		key.scope = DNSA_LB_SCOPE_ALL;
+		svc = bpf_map_lookup_elem(&dnsa_lb_svc, &key);
+	}
+	if (!svc)
+		return TC_ACT_OK;
+	__builtin_memcpy(ck.src, p.saddr, 16);
+	__builtin_memcpy(ck.dst, p.daddr, 16);
+	ck.sport = p.sport;
+	ck.dport = p.dport;
+	ck.proto = p.proto;
+	ck.family = p.family;
+	cv = bpf_map_lookup_elem(&dnsa_lb_ct, &ck);
+	if (cv && !p.syn && revnat_valid(cv->rev_nat_id, &key)) {
+		/* The flow's backend, unless it left the Service: then the
+		 * flow (UDP, or TCP that will be reset) is balanced again. */
+		backend_id = cv->backend_id;
+		be = bpf_map_lookup_elem(&dnsa_lb_be, &backend_id);
+		if (be && be->port == cv->port && be->addr[0] == cv->addr[0] && be->addr[1] == cv->addr[1] &&
+		    be->addr[2] == cv->addr[2] && be->addr[3] == cv->addr[3]) {
+			nv = *cv;
+			goto xlate;
+		}
+		be = 0;
+	}
+	if (svc->count == 0) {
+		count(DNSA_LB_STAT_PKT_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	now = bpf_ktime_get_ns();
+	if (svc->flags & DNSA_LB_F_AFFINITY) {
+		__builtin_memcpy(ak.addr, p.saddr, 16);
+		ak.rev_nat_id = svc->rev_nat_id;
+		ak.family = p.family;
+		av = bpf_map_lookup_elem(&dnsa_lb_aff, &ak);
+		if (av && now - av->last_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
+			backend_id = av->backend_id;
+			be = bpf_map_lookup_elem(&dnsa_lb_be, &backend_id);
+			if (be)
+				av->last_ns = now;
+		}
+	}
+	if (!be) {
+		key.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+		slot = bpf_map_lookup_elem(&dnsa_lb_svc, &key);
+		key.slot = 0;
+		if (!slot)
+			return TC_ACT_OK;
+		backend_id = slot->backend_id;
+		be = bpf_map_lookup_elem(&dnsa_lb_be, &backend_id);
+		if (!be)
+			return TC_ACT_OK;
+		if (svc->flags & DNSA_LB_F_AFFINITY) {
+			nav.last_ns = now;
+			nav.backend_id = backend_id;
+			bpf_map_update_elem(&dnsa_lb_aff, &ak, &nav, BPF_ANY);
+		}
+	}
+	if (be->family != p.family)
+		return TC_ACT_OK;
+	__builtin_memcpy(nv.addr, be->addr, 16);
+	nv.port = be->port;
+	nv.family = be->family;
+	nv.rev_nat_id = svc->rev_nat_id;
+	nv.backend_id = backend_id;
+	bpf_map_update_elem(&dnsa_lb_ct, &ck, &nv, BPF_ANY);
+	/* The reverse entry: replies from the backend to the client. */
+	__builtin_memcpy(rk.src, be->addr, 16);
+	__builtin_memcpy(rk.dst, p.saddr, 16);
+	rk.sport = be->port;
+	rk.dport = p.sport;
+	rk.proto = p.proto;
+	rk.family = p.family;
+	__builtin_memcpy(rv.addr, p.daddr, 16);
+	rv.port = p.dport;
+	rv.family = p.family;
+	rv.rev_nat_id = svc->rev_nat_id;
+	bpf_map_update_elem(&dnsa_lb_ct, &rk, &rv, BPF_ANY);
+xlate:
+	if (!rewrite(skb, &p, 1, nv.addr, nv.port))
+		return TC_ACT_SHOT; /* half-rewritten: never let it go */
+	count(DNSA_LB_STAT_PKT_XLATED);
+	return TC_ACT_OK;
+}
+
+static __always_inline int pkt_rev(struct __sk_buff *skb)
+{
+	struct dnsa_lb_ct_key rk = {};
+	struct dnsa_lb_ct_val *rv;
+	struct dnsa_lb_key fe = {};
+	struct pkt p = {};
+	__u32 addr[4];
+	__u16 port;
+
+	if (!parse(skb, &p))
+		return TC_ACT_OK;
+	__builtin_memcpy(rk.src, p.saddr, 16);
+	__builtin_memcpy(rk.dst, p.daddr, 16);
+	rk.sport = p.sport;
+	rk.dport = p.dport;
+	rk.proto = p.proto;
+	rk.family = p.family;
+	rv = bpf_map_lookup_elem(&dnsa_lb_ct, &rk);
+	if (!rv)
+		return TC_ACT_OK;
+	__builtin_memcpy(fe.addr, rv->addr, 16);
+	fe.port = rv->port;
+	fe.proto = p.proto;
+	fe.family = rv->family;
+	if (rv->family != p.family || !revnat_valid(rv->rev_nat_id, &fe))
+		return TC_ACT_OK;
+	__builtin_memcpy(addr, rv->addr, 16);
+	port = rv->port;
+	if (!rewrite(skb, &p, 0, addr, port))
+		return TC_ACT_SHOT;
+	count(DNSA_LB_STAT_PKT_REVERSED);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int dnsa_lb_pkt_in(struct __sk_buff *skb)
+{
+	return pkt_fwd(skb, 0);
+}
+
+SEC("tc")
+int dnsa_lb_ext_in(struct __sk_buff *skb)
+{
+	return pkt_fwd(skb, 1);
+}
+
+SEC("tc")
+int dnsa_lb_pkt_out(struct __sk_buff *skb)
+{
+	return pkt_rev(skb);
 }

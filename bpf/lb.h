@@ -125,6 +125,31 @@ struct dnsa_lb_sock_val {
 	struct dnsa_lb_sock_rev slot[DNSA_LB_REV_SLOTS];
 };
 
+/*
+ * Connection tracking of the per-packet load balancer (tc): the forward
+ * entry (client -> frontend) keeps a flow on its backend, the reverse entry
+ * (backend -> client) rewrites the replies' source back to the frontend.
+ * LRU: entries of finished flows age out.
+ */
+struct dnsa_lb_ct_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport; /* network byte order */
+	__u16 dport; /* network byte order */
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct dnsa_lb_ct_val {
+	__u32 addr[4];    /* forward: the backend; reverse: the frontend */
+	__u32 backend_id; /* forward: still in dnsa_lb_be with this address, or the flow re-picks */
+	__u16 port;       /* network byte order */
+	__u16 rev_nat_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
 /* Per-CPU counters (index into dnsa_lb_stats). */
 enum dnsa_lb_stat {
 	DNSA_LB_STAT_XLATED = 0,     /* connect/sendmsg sent to a backend */
@@ -137,6 +162,9 @@ enum dnsa_lb_stat {
 	DNSA_LB_STAT_NO_STORAGE = 7, /* socket storage not allocated: untranslated */
 	DNSA_LB_STAT_NO_BACKEND = 8, /* a slot or backend entry missing (update in flight) */
 	DNSA_LB_STAT_TERMINATED = 9, /* connected UDP socket to a gone backend destroyed */
+	DNSA_LB_STAT_PKT_XLATED = 10,  /* tc: packet to a frontend sent to a backend */
+	DNSA_LB_STAT_PKT_REVERSED = 11, /* tc: reply shown from the frontend */
+	DNSA_LB_STAT_PKT_DROPPED = 12, /* tc: no (local) endpoint: dropped */
 	DNSA_LB_STAT_MAX = 16,
 };
 

@@ -190,6 +190,7 @@ type Table struct {
 
 	pendingGone []lbDnsaLbGoneKey // backends that left, for TerminateUDP
 	term        *ebpf.Program     // the terminating iterator, loaded on first use
+	tc          *tcObjects        // the per-packet programs, loaded on first use
 }
 
 // Open loads the programs, adopts or creates the pinned maps and links under
@@ -255,6 +256,9 @@ func (t *Table) Close() error {
 	t.links = nil
 	if t.term != nil {
 		errs = append(errs, t.term.Close())
+	}
+	if t.tc != nil {
+		errs = append(errs, t.tc.Close())
 	}
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
@@ -773,16 +777,19 @@ type Stat uint32
 
 // The counters.
 const (
-	StatXlated     Stat = 0 // connect/sendmsg sent to a backend
-	StatRejected   Stat = 1 // no endpoints: refused
-	StatNoLocal    Stat = 2 // traffic policy Local, none on this node: refused
-	StatSteered    Stat = 3 // left to the node cache's steering
-	StatReversed   Stat = 4 // recvmsg/getpeername shown the frontend
-	StatRevStale   Stat = 5 // reverse entry of a deleted Service: not reversed
-	StatAffinity   Stat = 6 // backend from the affinity map
-	StatNoStorage  Stat = 7 // socket storage not allocated: left untranslated
-	StatNoBackend  Stat = 8 // slot or backend entry missing (an update in flight)
-	StatTerminated Stat = 9 // connected UDP socket to a gone backend destroyed
+	StatXlated      Stat = 0  // connect/sendmsg sent to a backend
+	StatRejected    Stat = 1  // no endpoints: refused
+	StatNoLocal     Stat = 2  // traffic policy Local, none on this node: refused
+	StatSteered     Stat = 3  // left to the node cache's steering
+	StatReversed    Stat = 4  // recvmsg/getpeername shown the frontend
+	StatRevStale    Stat = 5  // reverse entry of a deleted Service: not reversed
+	StatAffinity    Stat = 6  // backend from the affinity map
+	StatNoStorage   Stat = 7  // socket storage not allocated: left untranslated
+	StatNoBackend   Stat = 8  // slot or backend entry missing (an update in flight)
+	StatTerminated  Stat = 9  // connected UDP socket to a gone backend destroyed
+	StatPktXlated   Stat = 10 // tc: packet to a frontend sent to a backend
+	StatPktReversed Stat = 11 // tc: reply shown from the frontend
+	StatPktDropped  Stat = 12 // tc: no (local) endpoint: dropped
 )
 
 // StatNames names the counters (for metrics).
@@ -790,7 +797,8 @@ var StatNames = map[Stat]string{
 	StatXlated: "translated", StatRejected: "rejected", StatNoLocal: "no_local_endpoint",
 	StatSteered: "left_to_node_cache", StatReversed: "reversed", StatRevStale: "reverse_stale",
 	StatAffinity: "affinity", StatNoStorage: "no_socket_storage", StatNoBackend: "no_backend",
-	StatTerminated: "udp_terminated",
+	StatTerminated: "udp_terminated", StatPktXlated: "packet_translated", StatPktReversed: "packet_reversed",
+	StatPktDropped: "packet_dropped",
 }
 
 // Stats returns the counters summed over CPUs.
@@ -826,7 +834,7 @@ func (t *Table) IDs() (IDs, error) {
 		id, _ := info.ID()
 		ids.Programs = append(ids.Programs, id)
 	}
-	for _, m := range []*ebpf.Map{t.objs.DnsaLbSvc, t.objs.DnsaLbBe, t.objs.DnsaLbRevnat, t.objs.DnsaLbAff, t.objs.DnsaLbSock, t.objs.DnsaLbStats, t.objs.DnsaLbGone} {
+	for _, m := range []*ebpf.Map{t.objs.DnsaLbSvc, t.objs.DnsaLbBe, t.objs.DnsaLbRevnat, t.objs.DnsaLbAff, t.objs.DnsaLbSock, t.objs.DnsaLbStats, t.objs.DnsaLbGone, t.objs.DnsaLbCt} {
 		info, err := m.Info()
 		if err != nil {
 			return ids, err

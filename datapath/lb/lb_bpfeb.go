@@ -44,6 +44,27 @@ type lbDnsaLbBackend struct {
 	Flags  uint8
 }
 
+type lbDnsaLbCtKey struct {
+	_      structs.HostLayout
+	Src    [4]uint32
+	Dst    [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
+type lbDnsaLbCtVal struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	BackendId uint32
+	Port      uint16
+	RevNatId  uint16
+	Family    uint8
+	Pad       [3]uint8
+}
+
 type lbDnsaLbGoneKey struct {
 	_           structs.HostLayout
 	Backend     [4]uint32
@@ -156,15 +177,18 @@ type lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbProgramSpecs struct {
-	DnsaLbConn4 *ebpf.ProgramSpec `ebpf:"dnsa_lb_conn4"`
-	DnsaLbConn6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_conn6"`
-	DnsaLbPeer4 *ebpf.ProgramSpec `ebpf:"dnsa_lb_peer4"`
-	DnsaLbPeer6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_peer6"`
-	DnsaLbRecv4 *ebpf.ProgramSpec `ebpf:"dnsa_lb_recv4"`
-	DnsaLbRecv6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_recv6"`
-	DnsaLbSend4 *ebpf.ProgramSpec `ebpf:"dnsa_lb_send4"`
-	DnsaLbSend6 *ebpf.ProgramSpec `ebpf:"dnsa_lb_send6"`
-	DnsaLbTerm  *ebpf.ProgramSpec `ebpf:"dnsa_lb_term"`
+	DnsaLbConn4  *ebpf.ProgramSpec `ebpf:"dnsa_lb_conn4"`
+	DnsaLbConn6  *ebpf.ProgramSpec `ebpf:"dnsa_lb_conn6"`
+	DnsaLbExtIn  *ebpf.ProgramSpec `ebpf:"dnsa_lb_ext_in"`
+	DnsaLbPeer4  *ebpf.ProgramSpec `ebpf:"dnsa_lb_peer4"`
+	DnsaLbPeer6  *ebpf.ProgramSpec `ebpf:"dnsa_lb_peer6"`
+	DnsaLbPktIn  *ebpf.ProgramSpec `ebpf:"dnsa_lb_pkt_in"`
+	DnsaLbPktOut *ebpf.ProgramSpec `ebpf:"dnsa_lb_pkt_out"`
+	DnsaLbRecv4  *ebpf.ProgramSpec `ebpf:"dnsa_lb_recv4"`
+	DnsaLbRecv6  *ebpf.ProgramSpec `ebpf:"dnsa_lb_recv6"`
+	DnsaLbSend4  *ebpf.ProgramSpec `ebpf:"dnsa_lb_send4"`
+	DnsaLbSend6  *ebpf.ProgramSpec `ebpf:"dnsa_lb_send6"`
+	DnsaLbTerm   *ebpf.ProgramSpec `ebpf:"dnsa_lb_term"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -175,6 +199,7 @@ type lbMapSpecs struct {
 	DnsaHb       *ebpf.MapSpec `ebpf:"dnsa_hb"`
 	DnsaLbAff    *ebpf.MapSpec `ebpf:"dnsa_lb_aff"`
 	DnsaLbBe     *ebpf.MapSpec `ebpf:"dnsa_lb_be"`
+	DnsaLbCt     *ebpf.MapSpec `ebpf:"dnsa_lb_ct"`
 	DnsaLbGone   *ebpf.MapSpec `ebpf:"dnsa_lb_gone"`
 	DnsaLbRevnat *ebpf.MapSpec `ebpf:"dnsa_lb_revnat"`
 	DnsaLbSock   *ebpf.MapSpec `ebpf:"dnsa_lb_sock"`
@@ -213,6 +238,7 @@ type lbMaps struct {
 	DnsaHb       *ebpf.Map `ebpf:"dnsa_hb"`
 	DnsaLbAff    *ebpf.Map `ebpf:"dnsa_lb_aff"`
 	DnsaLbBe     *ebpf.Map `ebpf:"dnsa_lb_be"`
+	DnsaLbCt     *ebpf.Map `ebpf:"dnsa_lb_ct"`
 	DnsaLbGone   *ebpf.Map `ebpf:"dnsa_lb_gone"`
 	DnsaLbRevnat *ebpf.Map `ebpf:"dnsa_lb_revnat"`
 	DnsaLbSock   *ebpf.Map `ebpf:"dnsa_lb_sock"`
@@ -227,6 +253,7 @@ func (m *lbMaps) Close() error {
 		m.DnsaHb,
 		m.DnsaLbAff,
 		m.DnsaLbBe,
+		m.DnsaLbCt,
 		m.DnsaLbGone,
 		m.DnsaLbRevnat,
 		m.DnsaLbSock,
@@ -246,23 +273,29 @@ type lbVariables struct {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbPrograms struct {
-	DnsaLbConn4 *ebpf.Program `ebpf:"dnsa_lb_conn4"`
-	DnsaLbConn6 *ebpf.Program `ebpf:"dnsa_lb_conn6"`
-	DnsaLbPeer4 *ebpf.Program `ebpf:"dnsa_lb_peer4"`
-	DnsaLbPeer6 *ebpf.Program `ebpf:"dnsa_lb_peer6"`
-	DnsaLbRecv4 *ebpf.Program `ebpf:"dnsa_lb_recv4"`
-	DnsaLbRecv6 *ebpf.Program `ebpf:"dnsa_lb_recv6"`
-	DnsaLbSend4 *ebpf.Program `ebpf:"dnsa_lb_send4"`
-	DnsaLbSend6 *ebpf.Program `ebpf:"dnsa_lb_send6"`
-	DnsaLbTerm  *ebpf.Program `ebpf:"dnsa_lb_term"`
+	DnsaLbConn4  *ebpf.Program `ebpf:"dnsa_lb_conn4"`
+	DnsaLbConn6  *ebpf.Program `ebpf:"dnsa_lb_conn6"`
+	DnsaLbExtIn  *ebpf.Program `ebpf:"dnsa_lb_ext_in"`
+	DnsaLbPeer4  *ebpf.Program `ebpf:"dnsa_lb_peer4"`
+	DnsaLbPeer6  *ebpf.Program `ebpf:"dnsa_lb_peer6"`
+	DnsaLbPktIn  *ebpf.Program `ebpf:"dnsa_lb_pkt_in"`
+	DnsaLbPktOut *ebpf.Program `ebpf:"dnsa_lb_pkt_out"`
+	DnsaLbRecv4  *ebpf.Program `ebpf:"dnsa_lb_recv4"`
+	DnsaLbRecv6  *ebpf.Program `ebpf:"dnsa_lb_recv6"`
+	DnsaLbSend4  *ebpf.Program `ebpf:"dnsa_lb_send4"`
+	DnsaLbSend6  *ebpf.Program `ebpf:"dnsa_lb_send6"`
+	DnsaLbTerm   *ebpf.Program `ebpf:"dnsa_lb_term"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.DnsaLbConn4,
 		p.DnsaLbConn6,
+		p.DnsaLbExtIn,
 		p.DnsaLbPeer4,
 		p.DnsaLbPeer6,
+		p.DnsaLbPktIn,
+		p.DnsaLbPktOut,
 		p.DnsaLbRecv4,
 		p.DnsaLbRecv6,
 		p.DnsaLbSend4,

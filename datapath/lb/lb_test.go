@@ -577,8 +577,14 @@ func TestCleanup(t *testing.T) {
 	if err := tbl.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if alive := steertest.Alive(steer.IDs(ids)); len(alive) > 0 {
-		t.Errorf("left after Cleanup: %v", alive)
+	// The kernel frees programs and maps asynchronously.
+	deadline := time.Now().Add(5 * time.Second)
+	for alive := steertest.Alive(steer.IDs(ids)); len(alive) > 0; alive = steertest.Alive(steer.IDs(ids)) {
+		if time.Now().After(deadline) {
+			t.Errorf("left after Cleanup: %v", alive)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	_, pins, err := steertest.ReadPins(bpffs)
 	if err != nil {
