@@ -14,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
 	"github.com/dnsaccel/dnsaccel/datapath/lb"
 	"github.com/dnsaccel/dnsaccel/datapath/steer"
+	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/netns"
 	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/svctest"
@@ -615,5 +619,96 @@ func TestCleanup(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(bpffs, lb.PinDir)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory left: %v", err)
+	}
+}
+
+// TestPerPacketLB: traffic no socket program sees (the socket programs are
+// attached to an empty cgroup; the test's sockets are outside it), load
+// balanced per packet at the interfaces: a pod's requests to a ClusterIP at
+// its veth, and a NodePort reached from another "node" namespace.
+func TestPerPacketLB(t *testing.T) {
+	cg := svctest.EmptyCgroup(t)
+	bpffs := steertest.BPFFS(t)
+	rng := svctest.NewRange(t)
+	client := netns.NewPod(t, netns.Options{PodName: "client", IPv6: true})
+	node2 := netns.NewPod(t, netns.Options{PodName: "node-2"})
+	b0, b1 := svctest.NewBackend(t, "backend-0"), svctest.NewBackend(t, "backend-1")
+	svctest.Forward(t, client, node2, b0.Pod, b1.Pod)
+	for _, b := range []*svctest.Backend{b0, b1} {
+		b.ServeHTTP(t, 8080)
+		b.ServeEcho(t, 5353)
+	}
+	tbl, err := lb.Open(lb.Options{Cgroup: cg, BPFFS: bpffs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tbl.Cleanup() })
+	for _, a := range []struct {
+		pod   *netns.Pod
+		where lb.Where
+	}{{client, lb.PodInterface}, {node2, lb.ExternalInterface}} {
+		l, err := netlink.LinkByName(a.pod.HostVeth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tbl.AttachTC(l.Attrs().Index, a.where); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				cluster.SkipOrFail(t, "tcx: %v", err)
+			}
+			t.Fatal(err)
+		}
+	}
+	vip := rng.VIP(false)
+	set := func(s lb.Service, bs ...lb.Backend) {
+		t.Helper()
+		if err := tbl.UpsertService(s); err != nil {
+			t.Fatal(err)
+		}
+		if err := tbl.SetBackends(s.Frontend, bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	http := lb.Service{Frontend: lb.Frontend{Addr: vip, Port: 80, Proto: lb.TCP}}
+	udp := lb.Service{Frontend: lb.Frontend{Addr: vip, Port: 53, Proto: lb.UDP}}
+	http6 := lb.Service{Frontend: lb.Frontend{Addr: rng.VIP(true), Port: 80, Proto: lb.TCP}}
+	np := lb.Service{Frontend: lb.Frontend{Addr: node2.HostIP, Port: 30080, Proto: lb.TCP}, Type: lb.NodePort}
+	set(http, be(b0, false, 8080), be(b1, false, 8080))
+	set(udp, be(b0, false, 5353), be(b1, false, 5353))
+	set(http6, be(b0, true, 8080))
+	set(np, be(b0, false, 8080), be(b1, false, 8080))
+
+	get := func(pod *netns.Pod, to netip.AddrPort, n int) []string {
+		t.Helper()
+		seen := map[string]int{}
+		for range n {
+			r := svctest.HTTPGet(pod, to, timeout)
+			if r.Err != nil || r.Peer != to {
+				t.Fatalf("GET %s from %s: %+v", to, pod.Name, r)
+			}
+			seen[r.Backend]++
+		}
+		return keys(seen)
+	}
+	if got := get(client, netip.AddrPortFrom(vip, 80), 30); !slices.Equal(got, names(b0, b1)) {
+		t.Errorf("ClusterIP from a pod, per packet: reached %v", got)
+	}
+	for range 10 {
+		r := svctest.UDPEcho(client, netip.AddrPortFrom(vip, 53), "ping", svctest.UDPOptions{}, timeout)
+		if r.Err != nil || r.Peer != netip.AddrPortFrom(vip, 53) {
+			t.Fatalf("UDP per packet: %+v", r)
+		}
+	}
+	if got := get(client, netip.AddrPortFrom(http6.Addr, 80), 5); !slices.Equal(got, names(b0)) {
+		t.Errorf("IPv6 per packet: reached %v", got)
+	}
+	if got := get(node2, netip.AddrPortFrom(np.Addr, np.Port), 30); !slices.Equal(got, names(b0, b1)) {
+		t.Errorf("NodePort from another node: reached %v", got)
+	}
+	st, _ := tbl.Stats()
+	if st[lb.StatXlated] != 0 || st[lb.StatPktXlated] == 0 || st[lb.StatPktReversed] == 0 {
+		t.Errorf("counters: %v (the socket programs must not have seen this traffic)", st)
+	}
+	if err := tbl.DetachTC(0); err != nil {
+		t.Error(err)
 	}
 }
