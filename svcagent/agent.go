@@ -517,6 +517,13 @@ func (a *Agent) updateGauges() {
 	a.m.backends.Set(float64(be))
 }
 
+// NodePortAddrs are the addresses NodePorts are open on now.
+func (a *Agent) NodePortAddrs() []netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.nodeAddr)
+}
+
 // Ready reports whether the first full sync is done.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 

@@ -76,12 +76,14 @@ func run() int {
 		log.Info("removed every program, link, map and pin of the Service datapath", "bpffs", *bpffs)
 		return 0
 	}
+	socketLB, packetLB := false, false
 	switch *mode {
 	case "socket":
+		socketLB = true
 	case "both":
-		log.Warn("--lb-mode both: the per-packet load balancer at pods' interfaces is not implemented yet; load balancing at sockets only (traffic that bypasses the node's sockets, such as NodePort from other nodes, is not translated)")
+		socketLB, packetLB = true, true
 	case "tc":
-		return fail("invalid configuration", "err", "--lb-mode tc: the per-packet load balancer at pods' interfaces is not implemented yet; use socket")
+		packetLB = true
 	default:
 		return fail("invalid configuration", "err", fmt.Sprintf("--lb-mode %q: want socket, tc or both", *mode))
 	}
@@ -108,7 +110,7 @@ func run() int {
 		return fail("kubernetes client", "err", err)
 	}
 
-	tbl, err := lb.Open(lb.Options{Cgroup: *cgroup, BPFFS: *bpffs, MaxServiceEntries: *maxSvc, MaxBackends: *maxBE, MaxAffinity: *maxAff})
+	tbl, err := lb.Open(lb.Options{Cgroup: *cgroup, BPFFS: *bpffs, MaxServiceEntries: *maxSvc, MaxBackends: *maxBE, MaxAffinity: *maxAff, NoSocket: !socketLB})
 	if err != nil {
 		return fail("attaching the Service load balancer", "err", err)
 	}
@@ -170,6 +172,9 @@ func run() int {
 
 	log.Info("starting", "node", *nodeName, "lb_mode", *mode, "cgroup", tbl.Options().Cgroup, "bpffs", *bpffs,
 		"nodeport_addresses", fmt.Sprint(cidrs), "metrics", *metricsAddr, "health", *healthAddr)
+	if packetLB {
+		go svcagent.AttachInterfaces(ctx, tbl, agent.NodePortAddrs, log)
+	}
 	if err := agent.Run(ctx); err != nil && ctx.Err() == nil {
 		log.Error("stopped", "err", err)
 		return 1

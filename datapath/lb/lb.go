@@ -157,6 +157,10 @@ type Options struct {
 	MaxServiceEntries int
 	MaxBackends       int
 	MaxAffinity       int
+	// NoSocket: do not attach the socket programs (per-packet load
+	// balancing only, AttachTC); ones an earlier process pinned are
+	// detached.
+	NoSocket bool
 }
 
 // svcState is what the Table knows about one frontend.
@@ -221,6 +225,17 @@ func Open(opts Options) (*Table, error) {
 	if err := t.readBack(); err != nil {
 		t.Close()
 		return nil, err
+	}
+	if opts.NoSocket {
+		for _, h := range hooks {
+			p := filepath.Join(t.dir, "link_"+h.name)
+			if l, err := link.LoadPinnedLink(p, nil); err == nil {
+				l.Unpin()
+				l.Close()
+			}
+			os.Remove(filepath.Join(t.dir, "prog_"+h.name))
+		}
+		return t, nil
 	}
 	if err := t.attach(); err != nil {
 		t.Close()
