@@ -515,7 +515,11 @@ struct bpf_iter_meta {
 	__u64 seq_num;
 };
 
-struct sock_common;
+/* A struct (not a forward declaration) of the kernel's name, so that the
+ * kfunc's prototype matches the kernel's; no field is read. */
+struct sock_common {
+	int unused;
+};
 struct udp_sock;
 
 struct bpf_iter__udp {
