@@ -195,6 +195,7 @@ func TestSocketLB(t *testing.T) {
 			}
 		}},
 		{"IPv6", func(t *testing.T) {
+			svctest.WaitIPv6(t, e.client, b0.Pod, b1.Pod, b2.Pod)
 			tcp := lb.Service{Frontend: lb.Frontend{Addr: e.rng.VIP(true), Port: 80, Proto: lb.TCP}}
 			udp := lb.Service{Frontend: lb.Frontend{Addr: tcp.Addr, Port: 53, Proto: lb.UDP}}
 			e.service(t, tcp, be(b0, true, 8080), be(b1, true, 8080))
@@ -477,8 +478,11 @@ func TestNodeCacheInterplay(t *testing.T) {
 			if !seen["coredns-0"] || !seen["coredns-1"] || seen["node-cache"] {
 				t.Errorf("node cache dead: answered by %v, want both CoreDNS endpoints", seen)
 			}
+			// Attached first, the load balancer runs first on the hooks
+			// and leaves the VIP to the steering while it is fresh;
+			// attached second, it never sees the VIP then.
 			st, _ := tbl.Stats()
-			if st[lb.StatSteered] == 0 {
+			if lbFirst && st[lb.StatSteered] == 0 {
 				t.Errorf("no operation left to the steering: %v", st)
 			}
 		})
@@ -698,6 +702,7 @@ func TestPerPacketLB(t *testing.T) {
 			t.Fatalf("UDP per packet: %+v", r)
 		}
 	}
+	svctest.WaitIPv6(t, client, b0.Pod)
 	if got := get(client, netip.AddrPortFrom(http6.Addr, 80), 5); !slices.Equal(got, names(b0)) {
 		t.Errorf("IPv6 per packet: reached %v", got)
 	}

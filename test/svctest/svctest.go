@@ -213,6 +213,51 @@ func Forward(t testing.TB, pods ...*netns.Pod) {
 	}
 }
 
+// WaitIPv6 waits until the IPv6 addresses of the pods and of their veths'
+// host ends have left duplicate address detection (tentative addresses
+// cannot be used yet: a connection would stall).
+func WaitIPv6(t testing.TB, pods ...*netns.Pod) {
+	t.Helper()
+	tentative := func(h *netlink.Handle, ifname string) bool {
+		var (
+			l   netlink.Link
+			err error
+		)
+		if h != nil {
+			l, err = h.LinkByName(ifname)
+		} else {
+			l, err = netlink.LinkByName(ifname)
+		}
+		if err != nil {
+			return false
+		}
+		var addrs []netlink.Addr
+		if h != nil {
+			addrs, err = h.AddrList(l, netlink.FAMILY_V6)
+		} else {
+			addrs, err = netlink.AddrList(l, netlink.FAMILY_V6)
+		}
+		if err != nil {
+			return false
+		}
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range pods {
+		for tentative(p.Netlink(), netns.PodInterface) || tentative(nil, p.HostVeth) {
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 addresses of %s still tentative after 10s", p.Name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
 // Backend is a pod running servers that answer with its name: HTTP on TCP
 // ports (the body is the name), an echo on UDP ports (the reply is
 // "<name> <payload>"), and DNS (a TXT record holding the name) on UDP/TCP
