@@ -123,7 +123,7 @@ func TestTranslate(t *testing.T) {
 			s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
 			s.Spec.Ports = s.Spec.Ports[:1]
 		}), []*discoveryv1.EndpointSlice{v4, slice("web-2", discoveryv1.AddressTypeIPv6, map[string]int32{"http": 8080}, ep{addr: "fd00:244::1"})}, []string{
-			"10.96.0.10:80/tcp ClusterIP [10.244.0.1:8080 10.244.0.2:8080 10.244.0.3:8080(t)]",
+			"10.96.0.10:80/tcp ClusterIP [10.244.0.1:8080(l) 10.244.0.2:8080 10.244.0.3:8080(t)]",
 			"[fd00:96::10]:80/tcp ClusterIP [[fd00:244::1]:8080]",
 		}, nil},
 		{"NodePort, externalIPs, LoadBalancer ingress, eTP Local, affinity", service(func(s *corev1.Service) {
