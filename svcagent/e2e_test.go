@@ -178,14 +178,18 @@ func TestAgent(t *testing.T) {
 	client := netns.NewPod(t, netns.Options{PodName: "client", IPv6: true})
 	nodeName := "svc-node-" + strings.TrimPrefix(ns, "svc-")
 	ctx := context.Background()
-	if _, err := cluster.CreateNode(ctx, cs, nodeName, client.HostIP.String()); err != nil {
-		t.Fatal(err)
+	otherNode := "svc-other-" + strings.TrimPrefix(ns, "svc-")
+	// The EndpointSlice controller skips pods on Nodes that do not exist.
+	for _, nn := range []string{nodeName, otherNode} {
+		if _, err := cluster.CreateNode(ctx, cs, nn, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), nn, metav1.DeleteOptions{}) })
 	}
-	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), nodeName, metav1.DeleteOptions{}) })
 
 	web := map[string]string{"app": "web"}
 	b0 := backendPod(t, cs, ns, "web-0", nodeName, web)
-	b1 := backendPod(t, cs, ns, "web-1", "other-node", web)
+	b1 := backendPod(t, cs, ns, "web-1", otherNode, web)
 	svctest.Forward(t, client, b0.Pod, b1.Pod)
 
 	n := &node{name: nodeName, cs: cs, cg: cg, bpffs: steertest.BPFFS(t), events: record.NewFakeRecorder(100),
