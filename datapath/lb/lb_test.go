@@ -717,3 +717,37 @@ func TestPerPacketLB(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestMapFull: a full Service table is an error wrapping ErrMapFull, and
+// the table stays consistent (the Service keeps what it had).
+func TestMapFull(t *testing.T) {
+	cg := svctest.EmptyCgroup(t)
+	tbl, err := lb.Open(lb.Options{Cgroup: cg, BPFFS: steertest.BPFFS(t), MaxServiceEntries: 4, MaxBackends: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tbl.Cleanup()
+	f := lb.Frontend{Addr: netip.MustParseAddr("10.200.254.1"), Port: 80, Proto: lb.TCP}
+	if err := tbl.UpsertService(lb.Service{Frontend: f}); err != nil {
+		t.Fatal(err)
+	}
+	two := []lb.Backend{{Addr: netip.MustParseAddrPort("10.244.8.1:80")}, {Addr: netip.MustParseAddrPort("10.244.8.2:80")}}
+	if err := tbl.SetBackends(f, two); err != nil {
+		t.Fatal(err)
+	}
+	var five []lb.Backend
+	for i := range 5 {
+		five = append(five, lb.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 8, byte(10 + i)}), 80)})
+	}
+	err = tbl.SetBackends(f, five)
+	if !errors.Is(err, lb.ErrMapFull) {
+		t.Fatalf("5 backends in a 4-entry table: %v, want ErrMapFull", err)
+	}
+	if u := tbl.Usage(); u.ServiceEntries > 4 {
+		t.Errorf("usage %+v", u)
+	}
+	// Still refusing nothing it had: a smaller set goes in again.
+	if err := tbl.SetBackends(f, two[:1]); err != nil {
+		t.Errorf("after the failure: %v", err)
+	}
+}
