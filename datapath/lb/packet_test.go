@@ -3,10 +3,12 @@ package lb
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/svctest"
@@ -437,7 +439,16 @@ func FuzzPacketLB(f *testing.F) {
 		if len(in) < 14 || len(in) > 1500 {
 			return // BPF_PROG_TEST_RUN needs an Ethernet header
 		}
-		ret, out := runProg(t, o.In, in)
+		buf := make([]byte, len(in)+256)
+		opts := &ebpf.RunOptions{Data: in, DataOut: buf}
+		ret, err := o.In.Run(opts)
+		if errors.Is(err, unix.EINVAL) {
+			return // the kernel's test harness refuses the frame (e.g. an IP header shorter than 20 bytes)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := opts.DataOut
 		if ret != 0 {
 			t.Fatalf("verdict %d", ret)
 		}
