@@ -1,7 +1,7 @@
 # dnsaccel — see README.md. Every target runs on Debian 12 as root.
 SHELL := /bin/bash
 GO ?= go
-BINARIES := coredns node-cache pvtz-sync pvtz-webhook pvtzctl cloud-emulator eni-cni eni-agent dnsaccelctl
+BINARIES := coredns node-cache pvtz-sync pvtz-webhook pvtzctl cloud-emulator eni-cni eni-agent dnsaccelctl datapath-agent
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 

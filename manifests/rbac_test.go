@@ -31,6 +31,7 @@ import (
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/dnstest"
 	"github.com/dnsaccel/dnsaccel/test/steertest"
+	"github.com/dnsaccel/dnsaccel/test/svctest"
 )
 
 // The least-privilege check: the base's RBAC is applied to an API server
@@ -360,6 +361,35 @@ func TestRBACLeastPrivilege(t *testing.T) {
 				return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool { return e.Reason == "ENIAddressShortage" })
 			})
 		}, nil},
+		{"datapath-agent", func(t *testing.T, kubeconfig string) {
+			// The programs attach to an empty cgroup of the test's own,
+			// pins go to a private bpffs: the node is not touched.
+			cg, bpffs := svctest.EmptyCgroup(t), steertest.BPFFS(t)
+			bin := steertest.Binary(t, "datapath-agent")
+			const node = "node-datapath"
+			if _, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			// An SCTP port is skipped with an Event.
+			if _, err := c.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: "sctp"},
+				Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 9, Protocol: corev1.ProtocolSCTP}}},
+			}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			health := freePort(t)
+			runUntil(t, "datapath-agent", exec.Command(bin, "--kubeconfig", kubeconfig, "--node-name", node, "--cgroup", cg,
+				"--bpffs", bpffs, "--lb-mode", "socket", "--metrics", "", "--health", health), func() bool {
+				if !httpOK(health, "/readyz") {
+					return false
+				}
+				evs, err := c.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=sctp"})
+				return err == nil && slices.ContainsFunc(evs.Items, func(e corev1.Event) bool { return e.Reason == "UnsupportedProtocol" })
+			})
+			if out, err := exec.Command(bin, "--cleanup", "--bpffs", bpffs).CombinedOutput(); err != nil {
+				t.Fatalf("datapath-agent --cleanup: %v\n%s", err, out)
+			}
+		}, []string{"patch /events"}},
 	}
 	for _, comp := range components {
 		t.Run(comp.sa, func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -672,7 +673,9 @@ func (s *Steering) Cleanup() error {
 
 // Cleanup detaches and removes everything pinned under <bpffs>/dnsaccel:
 // links (detached when the pin goes and no process holds them), programs,
-// maps, the directory. Nothing there is fine.
+// maps, the directory. Nothing there is fine. The Service load balancer's
+// pins (dnsa_lb_*, datapath/lb) stay, with the maps it shares while it is
+// attached, and then the directory.
 func Cleanup(bpffs string) error {
 	dir := filepath.Join(bpffs, PinDir)
 	ents, err := os.ReadDir(dir)
@@ -686,6 +689,17 @@ func Cleanup(bpffs string) error {
 		defer unlock()
 	}
 	var errs []error
+	// The Service load balancer (datapath/lb) pins dnsa_lb_* into the same
+	// directory and reads dnsa_steer, dnsa_hb and dnsa_cfg: leave its pins,
+	// and those three while it is attached (it then balances the VIP).
+	lbAttached := false
+	for _, e := range ents {
+		lbAttached = lbAttached || strings.HasPrefix(e.Name(), "link_dnsa_lb_")
+	}
+	ents = slices.DeleteFunc(ents, func(e os.DirEntry) bool {
+		n := e.Name()
+		return strings.Contains(n, "dnsa_lb_") || lbAttached && (n == "dnsa_steer" || n == "dnsa_hb" || n == "dnsa_cfg")
+	})
 	// Links first: traffic stops being steered before the maps go.
 	for _, e := range ents {
 		if !strings.HasPrefix(e.Name(), "link_") {
@@ -712,7 +726,7 @@ func Cleanup(bpffs string) error {
 			errs = append(errs, fmt.Errorf("cleanup %s: %w", p, err))
 		}
 	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
 		errs = append(errs, fmt.Errorf("cleanup %s: %w", dir, err))
 	}
 	return errors.Join(errs...)

@@ -1,6 +1,7 @@
 // Package cluster runs a real etcd + kube-apiserver for tests: no
-// controller manager, scheduler or kubelet, so the API objects are exactly
-// what tests write (see CreatePod, CreateService). Use Shared from tests with
+// controller manager (unless WithControllerManager), scheduler or kubelet,
+// so the API objects are exactly what tests write (see CreatePod,
+// CreateService). Use Shared from tests with
 // Main in TestMain for one server per test package, or Start/Stop directly.
 package cluster
 
@@ -77,13 +78,26 @@ type Cluster struct {
 	StartupTime time.Duration
 
 	etcd, apiserver *proc
-	stopOnce        sync.Once
+	// controllerManager runs only with WithControllerManager.
+	controllerManager *proc
+	stopOnce          sync.Once
 }
 
 type config struct {
 	serviceCIDR     string
 	extraArgs       []string
 	serviceAccounts bool
+	controllers     []string
+}
+
+// WithControllerManager also runs a real kube-controller-manager (built like
+// kube-apiserver, see EnsureBinary) with only the given controllers
+// (kube-controller-manager's --controllers names, e.g.
+// "endpointslice-controller": EndpointSlices come from the pods matching a
+// Service's selector, as in a cluster). Without it there is no controller
+// manager. Its log is Dir/kube-controller-manager.log.
+func WithControllerManager(controllers ...string) Option {
+	return func(c *config) { c.controllers = append(c.controllers, controllers...) }
 }
 
 // Option configures Start.
@@ -275,8 +289,48 @@ func start(ctx context.Context, cfg config, etcdBin, apiBin string) (_ *Cluster,
 			return nil, fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
 	}
+	if len(cfg.controllers) > 0 {
+		if err := c.startControllerManager(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	c.StartupTime = time.Since(t0)
 	return c, nil
+}
+
+// startControllerManager runs kube-controller-manager against the API
+// server with the admin kubeconfig, no leader election and no serving port.
+func (c *Cluster) startControllerManager(ctx context.Context, cfg config) error {
+	bin, err := EnsureBinary(ctx, "kube-controller-manager")
+	if err != nil {
+		return err
+	}
+	args := []string{
+		"--kubeconfig=" + c.Kubeconfig,
+		"--controllers=" + strings.Join(cfg.controllers, ","),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=false",
+		"--service-cluster-ip-range=" + cfg.serviceCIDR,
+		// Write EndpointSlice changes at once rather than batching them.
+		"--endpointslice-updates-batch-period=0s",
+		"--concurrent-service-endpoint-syncs=5",
+		"--profiling=false",
+	}
+	c.controllerManager, err = startProc("kube-controller-manager", bin, args, filepath.Join(c.Dir, "kube-controller-manager.log"))
+	if err != nil {
+		return err
+	}
+	// Ready when its informers run: give it a moment and make sure it
+	// did not exit on a flag.
+	select {
+	case <-c.controllerManager.done:
+		return c.controllerManager.exitError()
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // Stop kills kube-apiserver and etcd (their whole process groups) and removes
@@ -286,6 +340,7 @@ func (c *Cluster) Stop() {
 		return
 	}
 	c.stopOnce.Do(func() {
+		c.controllerManager.kill()
 		c.apiserver.kill()
 		c.etcd.kill()
 		if c.Dir == "" {
@@ -304,7 +359,7 @@ func (c *Cluster) Stop() {
 // Check returns an error (with the tail of its log) if etcd or
 // kube-apiserver has exited.
 func (c *Cluster) Check() error {
-	for _, p := range []*proc{c.etcd, c.apiserver} {
+	for _, p := range []*proc{c.etcd, c.apiserver, c.controllerManager} {
 		if p != nil && p.exited() {
 			return p.exitError()
 		}
@@ -316,7 +371,7 @@ func (c *Cluster) Check() error {
 // failure messages.
 func (c *Cluster) LogTail(n int) string {
 	var b strings.Builder
-	for _, p := range []*proc{c.etcd, c.apiserver} {
+	for _, p := range []*proc{c.etcd, c.apiserver, c.controllerManager} {
 		if p != nil {
 			fmt.Fprintf(&b, "==> %s <==\n%s\n", p.logPath, fileTail(p.logPath, n))
 		}
