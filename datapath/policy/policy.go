@@ -709,3 +709,30 @@ func (d *Datapath) Endpoints() []uint32 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// Cleanup detaches every pinned policy link under pinDir and removes the
+// pins and the directory: no pod is isolated any more.
+func Cleanup(pinDir string) error {
+	ents, err := os.ReadDir(pinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		p := filepath.Join(pinDir, e.Name())
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			errs = append(errs, l.Unpin(), l.Close())
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
