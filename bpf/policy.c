@@ -251,6 +251,8 @@ static __always_inline __u32 allowed(__u32 ep, __u8 dir, const __u8 *peer, __u8 
 	ids[1] = cidr_identity(peer);
 	ids[2] = DNSA_POL_ID_ANY;
 	*peer_id = ids[0] ? ids[0] : ids[1];
+	if (ids[0] == DNSA_POL_ID_HOST)
+		return 1;
 #pragma unroll
 	for (i = 0; i < 3; i++) {
 		if (i < 2 && ids[i] == DNSA_POL_ID_ANY)

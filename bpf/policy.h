@@ -19,6 +19,9 @@
 #include <linux/types.h>
 
 #define DNSA_POL_ID_ANY 0
+/* The node's own addresses (dnsa_pol_ipc): traffic between a pod and its
+ * node is always allowed, as Kubernetes defines. */
+#define DNSA_POL_ID_HOST 2
 
 /* Directions, as seen by the pod. */
 #define DNSA_POL_INGRESS 0

@@ -202,6 +202,7 @@ func (a *Agent) sync(listNS func(labels.Selector) ([]*corev1.Namespace, error),
 		st.Pods = append(st.Pods, PodFrom(p, a.cfg.NodeName))
 	}
 	res := a.tr.Translate(st)
+	a.ap.SetHostAddrs(hostAddrs())
 	a.mu.Lock()
 	for id, n := range res.PolicyNames {
 		a.names[id] = n
@@ -287,4 +288,19 @@ func (c dropCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, n := range sums {
 		ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(n), name)
 	}
+}
+
+// hostAddrs is every address of the node's network namespace.
+func hostAddrs() []netip.Addr {
+	as, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLoopback() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }

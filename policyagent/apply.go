@@ -25,7 +25,12 @@ type Applier struct {
 	ids   map[netip.Addr]policy.Identity
 	eps   map[uint32]Endpoint
 	extra map[netip.Addr]policy.Identity
+	host  []netip.Addr
 }
+
+// SetHostAddrs replaces the node's own addresses (policy.IdentityHost from
+// the next Apply on: traffic between a pod and its node is always allowed).
+func (a *Applier) SetHostAddrs(addrs []netip.Addr) { a.host = addrs }
 
 // SetExtraIdentity gives an address a fixed identity (node-cache's local
 // addresses: IdentityNodeDNS) on every Apply.
@@ -46,6 +51,11 @@ func (a *Applier) Apply(r Result) error {
 	want := map[netip.Addr]policy.Identity{}
 	for k, v := range r.Identities {
 		want[k] = v
+	}
+	for _, h := range a.host {
+		if _, pod := want[h]; !pod {
+			want[h] = policy.IdentityHost
+		}
 	}
 	for k, v := range a.extra {
 		want[k] = v

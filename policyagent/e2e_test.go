@@ -2,6 +2,7 @@ package policyagent
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -103,6 +104,12 @@ func TestAgentE2E(t *testing.T) {
 	create(np(ns, "deny-server", sel("app", "server"), tIn, nil, nil))
 	took := waitFor("default deny ingress to the server", false, get)
 	t.Logf("deny programmed %v after the API write (incl. one 500ms probe timeout)", took)
+	// The node reaches an isolated pod (kubelet probes).
+	if c, err := net.DialTimeout("tcp", web.String(), 2*time.Second); err != nil {
+		t.Errorf("from the node to the isolated server: %v", err)
+	} else {
+		c.Close()
+	}
 	create(np(ns, "allow-client", sel("app", "server"), tIn, fromPorts(ports(port(tcp, "http")), peer(nil, sel("app", "client"))), nil))
 	waitFor("allowed by the named port http from the client", true, get)
 

@@ -104,6 +104,10 @@ func TestVerdicts(t *testing.T) {
 	d := openTest(t)
 	setup(t, d)
 	from, to := d.objs.DnsaPolFromPod, d.objs.DnsaPolToPod
+	node := netip.MustParseAddr("198.18.0.1")
+	if err := d.SetIdentity(node, IdentityHost); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		prog *ebpf.Program
@@ -120,6 +124,7 @@ func TestVerdicts(t *testing.T) {
 		{"egress outside cidr", from, frame(epAddr, netip.MustParseAddr("198.51.100.1"), UDP, 40007, 1005), actShot},
 		{"ingress any port from identity", to, frame(peerAddr, epAddr, UDP, 5353, 9999), actUnspec},
 		{"ingress other peer", to, frame(cidrPeer, epAddr, TCP, 5353, 80), actShot},
+		{"ingress from the node (always allowed)", to, frame(node, epAddr, TCP, 1234, 8080), actUnspec},
 		{"reply of the allowed egress flow", to, frame(peerAddr, epAddr, TCP, 80, 40000), actUnspec},
 		{"not an endpoint", from, frame(peerAddr, cidrPeer, TCP, 1, 2), actUnspec},
 		{"ipv6 egress denied", from, frame(epAddr6, netip.MustParseAddr("fd99::2"), TCP, 1, 80), actShot},

@@ -49,6 +49,9 @@ type Identity uint32
 const (
 	// IdentityAny in a Peer: any peer (the rule has no from/to).
 	IdentityAny Identity = 0
+	// IdentityHost: give it to the node's own addresses (SetIdentity):
+	// traffic between a pod and its node is always allowed.
+	IdentityHost Identity = 2
 	// FirstCIDRIdentity: the caller's identities are below it.
 	FirstCIDRIdentity Identity = 1 << 24
 )
