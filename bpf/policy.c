@@ -128,6 +128,7 @@ struct pkt {
 	__u8 proto;
 	__u8 l4ok; /* the ports (or ICMP header) were there */
 	__u8 nd;   /* IPv6 neighbour discovery: never filtered */
+	__u8 syn;  /* TCP SYN without ACK: a connection's first packet */
 };
 
 static __always_inline void count(__u32 idx)
@@ -190,6 +191,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(&p->sport, ports, 2);
 		__builtin_memcpy(&p->dport, ports + 2, 2);
 		p->l4ok = 1;
+		if (p->proto == IPPROTO_TCP) {
+			__u8 fl = 0;
+
+			if (bpf_skb_load_bytes(skb, off + 13, &fl, 1) == 0)
+				p->syn = (fl & 0x12) == 0x02;
+		}
 		break;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6_: {
@@ -387,8 +394,16 @@ static __always_inline int decide(struct __sk_buff *skb, __u8 dir)
 			count(DNSA_POL_STAT_REPLY);
 			return TC_ACT_UNSPEC;
 		}
+		/* The flow is no longer allowed: its replies stop too (not
+		 * decided as a new flow the other way, which would track it
+		 * again under the new revision). */
 		bpf_map_delete_elem(&dnsa_pol_ct, &rk);
-		/* and decide this packet as a new flow of its own */
+		report(&p, !dir, ep_id, ep->deny_policy[dir ? 0 : 1], peer_id, audit());
+		if (!audit()) {
+			count(DNSA_POL_STAT_DROPPED);
+			return TC_ACT_SHOT;
+		}
+		count(DNSA_POL_STAT_AUDITED);
 	}
 
 	pol = 0;
@@ -412,6 +427,13 @@ static __always_inline int decide(struct __sk_buff *skb, __u8 dir)
 		} else {
 			pol--;
 		}
+	}
+	/* A TCP packet in the middle of a connection, in a direction no policy
+	 * restricts, passes but starts no tracked flow: it must not turn the
+	 * other direction's packets into "replies". */
+	if (p.proto == IPPROTO_TCP && !p.syn && !enforced(ep, dir)) {
+		count(DNSA_POL_STAT_NEW);
+		return TC_ACT_UNSPEC;
 	}
 	nv.seen_ns = now;
 	nv.revision = ep->revision;
