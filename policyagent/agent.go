@@ -168,7 +168,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = 0
-		if !a.ready.Swap(true) {
+		if !a.ready.Load() {
+			// What an earlier agent left and this one did not set.
+			if err := a.dp.Prune(); err != nil {
+				a.log.Warn("pruning what an earlier agent left", "err", err)
+			}
+			a.ready.Store(true)
 			a.log.Info("NetworkPolicies programmed", "audit", a.cfg.Audit)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/dnsaccel/dnsaccel/test/netns"
+	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/svctest"
 )
 
@@ -137,5 +138,36 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRestart: a second Open on the same pins keeps enforcing what the
+// first left until Prune, which removes what the second did not set.
+func TestRestart(t *testing.T) {
+	dir := steertest.BPFFS(t) + "/policy"
+	d1, err := Open(Options{PinDir: dir})
+	if err != nil {
+		t.Skipf("Open: %v", err)
+	}
+	setup(t, d1)
+	must(t, d1.SetEndpoint(Endpoint{ID: 2, Addrs: []netip.Addr{peerAddr}, Egress: true}))
+	must(t, d1.SetRules(2, []Rule{{Policy: 1, Dir: Egress, Ports: []PortRange{{Proto: UDP, Port: 53}}}}))
+	d1.Close()
+	d2, err := Open(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { d2.Close(); Cleanup(dir) }()
+	// Still enforced by what d1 left.
+	if ret, _ := run(t, d2.objs.DnsaPolFromPod, frame(epAddr, peerAddr, TCP, 1, 80)); ret != actUnspec {
+		t.Errorf("after restart, before any sync: %#x, want the old allow", ret)
+	}
+	setup(t, d2) // endpoint 1 again; endpoint 2 is gone
+	must(t, d2.Prune())
+	if ret, _ := run(t, d2.objs.DnsaPolFromPod, frame(peerAddr, epAddr, TCP, 1, 80)); ret != actUnspec {
+		t.Errorf("the pruned endpoint 2 is still enforced: %#x", ret)
+	}
+	if ret, _ := run(t, d2.objs.DnsaPolFromPod, frame(epAddr, peerAddr, TCP, 2, 81)); ret != actShot {
+		t.Errorf("endpoint 1 after Prune: %#x, want drop", ret)
 	}
 }

@@ -172,34 +172,51 @@ func Open(opts Options) (*Datapath, error) {
 	if err := spec.LoadAndAssign(&d.objs, copts); err != nil {
 		return nil, fmt.Errorf("loading the policy programs: %w", err)
 	}
-	if err := d.clearStale(); err != nil {
-		d.objs.Close()
-		return nil, err
-	}
 	return d, nil
 }
 
-// clearStale empties what a pinned earlier process left in the maps the
-// caller rebuilds (endpoints, rules, CIDRs); the identities and conntrack
-// stay, so flows keep passing until the caller has set everything again.
-func (d *Datapath) clearStale() error {
-	if d.opts.PinDir == "" {
-		return nil
+// Prune deletes what an earlier process left in the pinned maps and this
+// one has not set since Open (endpoints, rules, ipBlock prefixes). Call it
+// after the first complete sync: until then the earlier process's entries
+// keep enforcing, so a restart neither opens nor closes anything.
+func (d *Datapath) Prune() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rules := map[policyDnsaPolRuleKey]bool{}
+	addrs := map[policyDnsaPolAddr]bool{}
+	for _, st := range d.eps {
+		for k := range st.entries {
+			rules[k] = true
+		}
+		for _, a := range st.ep.Addrs {
+			addrs[addr16(a)] = true
+		}
+	}
+	cidrs := map[policyDnsaPolCidrKey]bool{}
+	for p := range d.cidrs {
+		cidrs[policyDnsaPolCidrKey{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}] = true
 	}
 	var errs []error
-	for _, m := range []*ebpf.Map{d.objs.DnsaPolCidr, d.objs.DnsaPolRules} {
-		var keys [][]byte
-		it := m.Iterate()
-		k := make([]byte, m.KeySize())
-		v := make([]byte, m.ValueSize())
-		for it.Next(&k, &v) {
-			keys = append(keys, slices.Clone(k))
+	errs = append(errs, prune(d.objs.DnsaPolRules, func(k policyDnsaPolRuleKey) bool { return rules[k] }))
+	errs = append(errs, prune(d.objs.DnsaPolEp, func(k policyDnsaPolAddr) bool { return addrs[k] }))
+	errs = append(errs, prune(d.objs.DnsaPolCidr, func(k policyDnsaPolCidrKey) bool { return cidrs[k] }))
+	return errors.Join(errs...)
+}
+
+func prune[K comparable](m *ebpf.Map, keep func(K) bool) error {
+	var gone []K
+	var k K
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, v) {
+		if !keep(k) {
+			gone = append(gone, k)
 		}
-		errs = append(errs, it.Err())
-		for _, k := range keys {
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-			}
+	}
+	errs := []error{it.Err()}
+	for _, k := range gone {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
