@@ -626,11 +626,15 @@ type Side uint8
 
 // Sides.
 const (
-	// HostEnd: the host end of the pod's veth. from_pod at tcx ingress,
-	// after the programs already there (the Service load balancer), so the
-	// pod's egress is decided on the backend a Service picked; to_pod at
-	// tcx egress, first, so the pod's ingress is decided before the load
-	// balancer turns a backend's reply back into its Service address.
+	// HostEnd: the host end of the pod's veth: from_pod at tcx ingress,
+	// to_pod at tcx egress, both first (head). to_pod must run before the
+	// Service load balancer turns a backend's reply back into its Service
+	// address. from_pod belongs after the load balancer's dnsa_lb_pkt_in
+	// (egress decided on the backend a Service picked), but that program
+	// returns TC_ACT_OK, which ends the tcx chain, so behind it the policy
+	// would never run: it goes first until lb.c returns TC_ACT_UNSPEC
+	// (see datapath/README.md). With the socket load balancer the pod's
+	// packets carry the backend already.
 	HostEnd Side = iota
 	// PodSide: the pod's own interface (IPVLAN and other modes without a
 	// host end): to_pod at ingress, from_pod at egress.
@@ -648,13 +652,13 @@ func (d *Datapath) AttachTC(ifindex int, side Side) error {
 		anchor link.Anchor
 	}
 	hs := []att{
-		{"in", d.objs.DnsaPolFromPod, ebpf.AttachTCXIngress, link.Tail()},
+		{"in", d.objs.DnsaPolFromPod, ebpf.AttachTCXIngress, link.Head()},
 		{"out", d.objs.DnsaPolToPod, ebpf.AttachTCXEgress, link.Head()},
 	}
 	if side == PodSide {
 		hs = []att{
 			{"in", d.objs.DnsaPolToPod, ebpf.AttachTCXIngress, link.Head()},
-			{"out", d.objs.DnsaPolFromPod, ebpf.AttachTCXEgress, link.Tail()},
+			{"out", d.objs.DnsaPolFromPod, ebpf.AttachTCXEgress, link.Head()},
 		}
 	}
 	for _, h := range hs {
