@@ -55,7 +55,7 @@ type Agent struct {
 	mu       sync.Mutex
 	names    map[uint32]string
 	podOf    map[uint32]string
-	attached map[int]bool
+	attached map[int]string // ifindex -> interface name (a recycled index is attached again)
 
 	syncs, syncErrors prometheus.Counter
 	syncSeconds       prometheus.Histogram
@@ -105,7 +105,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, dp: dp, tr: NewTranslator(), ap: &Applier{DP: dp}, log: cfg.Logger.With("component", "networkpolicy"),
-		kick: make(chan struct{}, 1), names: map[uint32]string{}, podOf: map[uint32]string{}, attached: map[int]bool{},
+		kick: make(chan struct{}, 1), names: map[uint32]string{}, podOf: map[uint32]string{}, attached: map[int]string{},
 		syncs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "dnsaccel_policy_syncs_total", Help: "NetworkPolicy programming passes."}),
 		syncErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "dnsaccel_policy_sync_errors_total", Help: "NetworkPolicy programming passes that failed (retried)."}),
 		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dnsaccel_policy_sync_seconds", Help: "Time of one programming pass.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}),
@@ -231,18 +231,18 @@ func (a *Agent) attach(res Result) error {
 				continue
 			}
 			idx := rs[0].LinkIndex
-			if a.attached[idx] {
-				continue
-			}
 			l, err := netlink.LinkByIndex(idx)
 			if err != nil || l.Type() != "veth" {
 				continue // no host end (the pod-side attach needs the pod's netns: not done by the agent yet)
+			}
+			if a.attached[idx] == l.Attrs().Name {
+				continue
 			}
 			if err := a.dp.AttachTC(idx, policy.HostEnd); err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			a.attached[idx] = true
+			a.attached[idx] = l.Attrs().Name
 			a.log.Debug("policy programs attached", "interface", l.Attrs().Name, "pod", ep.Pod.Namespace+"/"+ep.Pod.Name)
 		}
 	}
