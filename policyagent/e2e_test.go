@@ -87,7 +87,7 @@ func TestAgentE2E(t *testing.T) {
 			if f() == want {
 				return time.Since(t0)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 		t.Fatalf("%s: still %v after 20s", what, !want)
 		return 0
@@ -101,9 +101,12 @@ func TestAgentE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Programming latency: API write -> the first probe (50ms timeout,
+	// every 5ms) that no longer gets through.
+	quick := func() bool { return svctest.HTTPGet(client.Pod, web, 50*time.Millisecond).Err == nil }
 	create(np(ns, "deny-server", sel("app", "server"), tIn, nil, nil))
-	took := waitFor("default deny ingress to the server", false, get)
-	t.Logf("deny programmed %v after the API write (incl. one 500ms probe timeout)", took)
+	took := waitFor("default deny ingress to the server", false, quick)
+	t.Logf("deny enforced %v after the API write (incl. one 50ms probe timeout)", took)
 	// The node reaches an isolated pod (kubelet probes).
 	if c, err := net.DialTimeout("tcp", web.String(), 2*time.Second); err != nil {
 		t.Errorf("from the node to the isolated server: %v", err)

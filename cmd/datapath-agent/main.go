@@ -57,7 +57,8 @@ func run() int {
 			"Load-balances Kubernetes Services in eBPF on this node, replacing kube-proxy: ClusterIP,\n"+
 			"NodePort, externalIPs and LoadBalancer ingress IPs, TCP and UDP, IPv4 and IPv6, with\n"+
 			"sessionAffinity ClientIP and the traffic policies. Connections to a Service without\n"+
-			"endpoints are refused at once. Cooperates with node-cache's DNS steering (same --bpffs).\n\n"+
+			"endpoints are refused at once. Cooperates with node-cache's DNS steering (same --bpffs).\n"+
+			"Also enforces NetworkPolicies in eBPF at the pods' interfaces (--policies, --policy-audit).\n\n"+
 			"  datapath-agent --kubeconfig ~/.kube/config --node-name $(hostname)\n"+
 			"  datapath-agent --cleanup\n\nFlags:\n")
 		fs.PrintDefaults()
