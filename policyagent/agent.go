@@ -57,7 +57,7 @@ type Agent struct {
 	podOf    map[uint32]string
 	attached map[int]string // ifindex -> interface name (a recycled index is attached again)
 
-	syncs, syncErrors prometheus.Counter
+	syncs, syncErrors, mapFull prometheus.Counter
 	syncSeconds       prometheus.Histogram
 }
 
@@ -108,13 +108,14 @@ func New(cfg Config) (*Agent, error) {
 		kick: make(chan struct{}, 1), names: map[uint32]string{}, podOf: map[uint32]string{}, attached: map[int]string{},
 		syncs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "dnsaccel_policy_syncs_total", Help: "NetworkPolicy programming passes."}),
 		syncErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "dnsaccel_policy_sync_errors_total", Help: "NetworkPolicy programming passes that failed (retried)."}),
+		mapFull:     prometheus.NewCounter(prometheus.CounterOpts{Name: "dnsaccel_policy_map_full_total", Help: "Programming passes that hit a full eBPF policy map (the change is incomplete and retried; what was not written is not allowed, so pods fail closed)."}),
 		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dnsaccel_policy_sync_seconds", Help: "Time of one programming pass.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}),
 	}
 	for _, ip := range cfg.NodeDNS {
 		a.ap.SetExtraIdentity(ip, IdentityNodeDNS)
 	}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(a.syncs, a.syncErrors, a.syncSeconds, dropCollector{a})
+		cfg.Registry.MustRegister(a.syncs, a.syncErrors, a.mapFull, a.syncSeconds, dropCollector{a})
 	}
 	return a, nil
 }
@@ -162,6 +163,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		err := a.sync(nsInf.Lister().List, podInf.Lister().List, npInf.Lister().List)
 		if err != nil {
 			a.syncErrors.Inc()
+			if errors.Is(err, policy.ErrMapFull) {
+				a.mapFull.Inc()
+			}
 			a.log.Error("programming NetworkPolicies", "err", err)
 			backoff = min(max(2*backoff, 100*time.Millisecond), 10*time.Second)
 			time.AfterFunc(backoff, a.trigger)
