@@ -58,7 +58,7 @@ type Agent struct {
 	attached map[int]string // ifindex -> interface name (a recycled index is attached again)
 
 	syncs, syncErrors, mapFull prometheus.Counter
-	syncSeconds       prometheus.Histogram
+	syncSeconds                prometheus.Histogram
 }
 
 // PinDir is where the policy datapath pins under a bpf file system.
