@@ -24,7 +24,9 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/dnsaccel/dnsaccel/datapath/lb"
+	"github.com/dnsaccel/dnsaccel/datapath/policy"
 	"github.com/dnsaccel/dnsaccel/internal/logging"
+	"github.com/dnsaccel/dnsaccel/policyagent"
 	"github.com/dnsaccel/dnsaccel/svcagent"
 )
 
@@ -45,13 +47,18 @@ func run() int {
 	cleanup := fs.Bool("cleanup", false, "remove every eBPF program, link, map and pin the agent created (under --bpffs), then exit 0; kube-proxy can take over again")
 	maxSvc := fs.Int("max-service-entries", lb.DefaultMaxServiceEntries, "size of the eBPF Service table: one entry per frontend (Service IP, port, protocol) plus one per backend of it")
 	maxBE := fs.Int("max-backends", lb.DefaultMaxBackends, "size of the eBPF backend table: one entry per frontend and backend")
+	// NetworkPolicy (issue #24): policyagent.
+	policies := fs.Bool("policies", true, "enforce NetworkPolicies in eBPF at the pods' interfaces (policyagent)")
+	policyAudit := fs.Bool("policy-audit", false, "with --policies: log and count (dnsaccel_policy_drops_total) what NetworkPolicies would drop, drop nothing")
+	nodeDNS := fs.StringSlice("policy-node-dns", []string{"169.254.20.10"}, "ADDR,...: node-cache's local addresses; DNS steered there is allowed by every policy that allows DNS to the kube-dns pods")
 	maxAff := fs.Int("max-affinity", lb.DefaultMaxAffinity, "size of the sessionAffinity table (clients x Services with ClientIP affinity, least recently used evicted)")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: datapath-agent [flags]\n\n"+
 			"Load-balances Kubernetes Services in eBPF on this node, replacing kube-proxy: ClusterIP,\n"+
 			"NodePort, externalIPs and LoadBalancer ingress IPs, TCP and UDP, IPv4 and IPv6, with\n"+
 			"sessionAffinity ClientIP and the traffic policies. Connections to a Service without\n"+
-			"endpoints are refused at once. Cooperates with node-cache's DNS steering (same --bpffs).\n\n"+
+			"endpoints are refused at once. Cooperates with node-cache's DNS steering (same --bpffs).\n"+
+			"Also enforces NetworkPolicies in eBPF at the pods' interfaces (--policies, --policy-audit).\n\n"+
 			"  datapath-agent --kubeconfig ~/.kube/config --node-name $(hostname)\n"+
 			"  datapath-agent --cleanup\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -70,7 +77,7 @@ func run() int {
 	fail := func(msg string, args ...any) int { log.Error(msg, args...); return 2 }
 
 	if *cleanup {
-		if err := lb.Cleanup(*bpffs); err != nil {
+		if err := errors.Join(lb.Cleanup(*bpffs), policy.Cleanup(policyagent.PinDir(*bpffs))); err != nil {
 			return fail("cleanup", "err", err)
 		}
 		log.Info("removed every program, link, map and pin of the Service datapath", "bpffs", *bpffs)
@@ -172,6 +179,12 @@ func run() int {
 
 	log.Info("starting", "node", *nodeName, "lb_mode", *mode, "cgroup", tbl.Options().Cgroup, "bpffs", *bpffs,
 		"nodeport_addresses", fmt.Sprint(cidrs), "metrics", *metricsAddr, "health", *healthAddr)
+	if *policies {
+		if _, err := policyagent.Start(ctx, policyagent.Config{Client: client, NodeName: *nodeName, BPFFS: *bpffs,
+			Audit: *policyAudit, NodeDNS: parseAddrs(*nodeDNS), Registry: metrics.Registry, Logger: log}); err != nil {
+			return fail("starting the NetworkPolicy datapath", "err", err)
+		}
+	}
 	if packetLB {
 		go svcagent.AttachInterfaces(ctx, tbl, agent.NodePortAddrs, log)
 	}
@@ -183,4 +196,15 @@ func run() int {
 	// next agent adopts them (or --cleanup removes them).
 	log.Info("stopped; the Service datapath stays attached")
 	return 0
+}
+
+// parseAddrs parses --policy-node-dns (bad entries are skipped).
+func parseAddrs(ss []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
