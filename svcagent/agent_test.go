@@ -3,10 +3,15 @@ package svcagent_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -16,6 +21,7 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/datapath/lb"
 	"github.com/dnsaccel/dnsaccel/svcagent"
+	"github.com/dnsaccel/dnsaccel/test/netns"
 	"github.com/dnsaccel/dnsaccel/test/steertest"
 	"github.com/dnsaccel/dnsaccel/test/svctest"
 )
@@ -141,4 +147,48 @@ func TestAgentSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("deleted")
+}
+
+// recordTC records AttachTC calls (attaching for real would touch every
+// veth of the machine, other tests' too).
+type recordTC struct {
+	mu  sync.Mutex
+	got map[int]lb.Where
+}
+
+func (r *recordTC) AttachTC(ifindex int, where lb.Where) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got[ifindex] = where
+	return nil
+}
+
+func (r *recordTC) where(ifindex int) (lb.Where, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.got[ifindex]
+	return w, ok
+}
+
+// TestAttachInterfaces: the per-packet load balancer goes on the host end
+// of a pod's veth, also one created after the start.
+func TestAttachInterfaces(t *testing.T) {
+	netns.Require(t)
+	rec := &recordTC{got: map[int]lb.Where{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		svcagent.AttachInterfaces(ctx, rec, func() []netip.Addr { return nil }, slog.Default())
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	pod := netns.NewPod(t, netns.Options{PodName: "late"})
+	l, err := netlink.LinkByName(pod.HostVeth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steertest.WaitFor(t, "the new veth to get the program", 15*time.Second, func() bool {
+		w, ok := rec.where(l.Attrs().Index)
+		return ok && w == lb.PodInterface
+	})
 }
