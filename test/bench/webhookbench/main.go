@@ -96,6 +96,24 @@ type inTreeResult struct {
 	Writes, Reads, Throttle int
 	IdleCalls               map[string]int
 	IdleWrites              int
+	Failed                  int    // runs that exited non-zero
+	LastFailure             string // the error code of the last one
+}
+
+// fatalCode picks the API error code out of ExternalDNS's fatal log line.
+func fatalCode(out string) string {
+	i := strings.LastIndex(out, "level=fatal")
+	if i < 0 {
+		return "exit status non-zero"
+	}
+	if j := strings.Index(out[i:], "ErrorCode: "); j >= 0 {
+		code := out[i+j+len("ErrorCode: "):]
+		if k := strings.IndexAny(code, "\\\n "); k >= 0 {
+			code = code[:k]
+		}
+		return code
+	}
+	return "fatal"
 }
 
 func main() {
@@ -281,9 +299,12 @@ func runInTree(ctx context.Context, cfg config, dir string, env []string, c *clu
 	t0 := time.Now()
 	for r.Runs < 30 && ctx.Err() == nil {
 		r.Runs++
+		// A run that exits non-zero is what a Deployment restarts (a
+		// non-soft error is fatal in ExternalDNS's loop too): counted, and
+		// the next run goes on.
 		if err := runCmd(ctx, cfg.ExternalDNS, env, args); err != nil {
-			r.Err = fmt.Sprintf("run %d: %v", r.Runs, err)
-			return r
+			r.Failed++
+			r.LastFailure = fatalCode(err.Error())
 		}
 		recs, err := admin.Records(ctx, zid, "")
 		if err != nil {
@@ -304,7 +325,7 @@ func runInTree(ctx context.Context, cfg config, dir string, env []string, c *clu
 	}
 	before = emu.Server.Stats()
 	if err := runCmd(ctx, cfg.ExternalDNS, env, args); err != nil {
-		r.Err = fmt.Sprintf("run without drift: %v", err)
+		r.Err = fmt.Sprintf("run without drift: %s", fatalCode(err.Error()))
 		return r
 	}
 	after = emu.Server.Stats()
@@ -343,7 +364,11 @@ func (it inTreeResult) summary(n int, qps float64) (converge, initial, idle stri
 		converge = fmt.Sprintf("%v in %d `--once` runs = %.2f× the bound", it.Converge.Round(time.Millisecond), it.Runs,
 			float64(it.Converge)/(float64(2*n)/qps*float64(time.Second)))
 	}
+	if it.Failed > 0 {
+		converge += fmt.Sprintf("; %d runs exited 1 (`%s`: fatal in ExternalDNS, a crash loop in a Deployment)", it.Failed, it.LastFailure)
+	}
 	initial = fmt.Sprintf("%d writes, %d reads, %d answered `Throttling.User`", it.Writes, it.Reads, it.Throttle)
+	idle = "not reached (it never converged)"
 	if it.IdleCalls != nil {
 		t, d := sum(it.IdleCalls)
 		idle = fmt.Sprintf("%d writes, %d calls (%s)", it.IdleWrites, t, d)
