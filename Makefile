@@ -48,6 +48,7 @@ bench: deps build kube
 	$(GO) run ./test/bench/kcachebench -out docs/benchmarks.md
 	$(GO) run ./test/bench/pvtzbench -out docs/benchmarks.md
 	$(GO) run ./test/bench/enibench -out docs/benchmarks.md
+	$(GO) run ./test/bench/webhookbench -out docs/benchmarks.md
 
 # bpf2go (pinned in go.mod as a tool) with Debian's clang; the datapath
 # package's TestGeneratedUpToDate (part of `make test`) fails when the
