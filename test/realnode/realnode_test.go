@@ -408,6 +408,30 @@ func TestContainerdImages(t *testing.T) {
 	if out := run("dnsaccel-ctrtest-dig", "docker.io/"+DNSToolsImage, "/usr/bin/dig", "-v"); !strings.Contains(out, "DiG 9") {
 		t.Errorf("dig -v in dnstools: %q", out)
 	}
+	// The central CoreDNS as the Deployment runs it: user 65532 with
+	// NET_BIND_SERVICE, binding port 53 (in a network namespace of its own).
+	c := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, ctr, append([]string{"--address", sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	id := "dnsaccel-ctrtest-coredns"
+	if out, err := c("run", "-d", "--cgroup", "/kubepods/"+id, "--user", "65532:65532", "--cap-add", "CAP_NET_BIND_SERVICE", "localhost:5000/dnsaccel/coredns:dev", id, "/coredns", "-dns.port", "53", "-conf", "/dev/null"); err != nil {
+		t.Fatalf("ctr run -d coredns: %v\n%s", err, out)
+	}
+	time.Sleep(3 * time.Second) // it exits at once when it cannot bind
+	out, _ := c("task", "ls")
+	_, _ = c("task", "kill", "-s", "SIGKILL", id)
+	_ = n.poll(ctx, "coredns task stopped", 20*time.Second, nil, func() bool {
+		o, _ := c("task", "ls")
+		return !strings.Contains(o, id) || strings.Contains(o, "STOPPED")
+	})
+	_, _ = c("task", "rm", "-f", id)
+	if o, err := c("container", "rm", id); err != nil {
+		t.Errorf("ctr container rm: %v\n%s", err, o)
+	}
+	if !strings.Contains(out, "RUNNING") {
+		t.Errorf("coredns as 65532 with NET_BIND_SERVICE did not stay up on port 53 (file capability missing?):\n%s", out)
+	}
 	if out := run("dnsaccel-ctrtest-nodecache", "docker.io/dnsaccel/node-cache:dev", "/node-cache", "--version"); strings.TrimSpace(out) == "" {
 		t.Errorf("node-cache --version: no output")
 	}
