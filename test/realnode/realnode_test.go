@@ -24,7 +24,14 @@ import (
 // pods of a Deployment that names resolve through node-cache, survive its
 // death and a rolling update, and that pvtz-sync published the Services;
 // then tears the node down and checks nothing is left.
+//
+// Until its first green run on this machine kind it runs only with
+// DNSACCEL_REALNODE=1 (the Kubernetes binaries it needs were not built in
+// time for it to run before it was committed).
 func TestRealNode(t *testing.T) {
+	if os.Getenv("DNSACCEL_REALNODE") != "1" {
+		t.Skip("set DNSACCEL_REALNODE=1 to run the real node (not yet run green here; see docs/realnode.md)")
+	}
 	binDir, err := DefaultBinDir()
 	if err != nil {
 		t.Fatal(err)
