@@ -42,7 +42,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
     netns_mounts_under_state_dir = true
-    enable_cdi = false
     cdi_spec_dirs = []
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
