@@ -42,7 +42,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
     netns_mounts_under_state_dir = true
-    enable_cdi = false
     cdi_spec_dirs = []
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
@@ -52,6 +51,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
           SystemdCgroup = false
           BinaryName = %[7]s
     [plugins.'io.containerd.cri.v1.runtime'.cni]
+      # The pod's lo without the CNI "loopback" plugin: eni-cni is the
+      # only plugin the node has (else every sandbox fails: failed to
+      # find plugin "loopback").
+      use_internal_loopback = true
       bin_dirs = [%[8]s]
       conf_dir = %[9]s
 `, q(dir+"/containerd/root"), q(dir+"/containerd/state"), q(socket), q(socket+".ttrpc"), q(dir+"/containerd/opt"),

@@ -175,10 +175,10 @@ func (n *Node) down() error {
 	if n.Dir != "" {
 		add("removing "+n.Dir, os.RemoveAll(n.Dir))
 	}
+	_ = os.Remove(stateFile)
 	if left := Leftovers(); len(left) > 0 {
 		add("left behind", errors.New(strings.Join(left, "; ")))
 	}
-	_ = os.Remove(stateFile)
 	n.releaseLock()
 	n.logf("  down: in %s", time.Since(t0).Round(time.Millisecond))
 	return errors.Join(errs...)
