@@ -5,7 +5,7 @@ BINARIES := coredns node-cache pvtz-sync pvtz-webhook pvtzctl cloud-emulator eni
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build test demo demo-cache bench generate lint clean deps kube images images-docker realnode-up realnode-down
+.PHONY: all build test demo demo-cache bench generate lint clean deps kube kube-node images images-docker realnode-up realnode-down
 
 all: build
 
@@ -17,10 +17,15 @@ build:
 deps:
 	@./hack/deps.sh
 
-# kube-apiserver for the test API server, built once into $(DNSACCEL_CACHE);
-# with the controller manager, scheduler, kube-proxy and kubelet of the
-# real test node (test/realnode).
+# The Kubernetes binaries `make test` runs (the test API server, kubectl and
+# the controller manager's EndpointSlice controller), built once into
+# $(DNSACCEL_CACHE).
 kube:
+	@$(GO) run ./test/cluster/cmd/build-kube kube-apiserver kubectl kube-controller-manager
+
+# All of them, with the scheduler, kube-proxy and kubelet of the real test
+# node (test/realnode).
+kube-node:
 	@$(GO) run ./test/cluster/cmd/build-kube -all
 
 # The packages with concurrency of their own run once, under the race
@@ -80,7 +85,7 @@ images-docker:
 # A real Kubernetes node on this machine (test/realnode: kubelet +
 # containerd + kube-proxy next to the test API server), in the background;
 # then `kubectl apply -k manifests/overlays/realnode` (docs/realnode.md).
-realnode-up: deps images kube
+realnode-up: deps images kube-node
 	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
 	@bin/realnode up --detach
 
