@@ -78,7 +78,10 @@ const lookupTimeout = 15 * time.Second
 // ResolveClusterUpstreams fills ClusterUpstreams from the API in Kubernetes
 // mode when --cluster-upstream gave none, and records where they came from.
 func (c *Config) ResolveClusterUpstreams(ctx context.Context) error {
-	if !c.Kube.Enabled() || c.Conf != "" {
+	// A --conf Corefile names its upstreams itself, unless it is
+	// node-local-dns's shape, whose __PILLAR__CLUSTER__DNS__ is filled from
+	// the same Services.
+	if !c.Kube.Enabled() || (c.Conf != "" && !c.ConfUses("__PILLAR__CLUSTER__DNS__")) {
 		return nil
 	}
 	if len(c.ClusterUpstreams) > 0 {

@@ -184,6 +184,21 @@ func TestBinaryPrintConfigKubernetes(t *testing.T) {
 			t.Fatalf("exit %d, want 2 refusing the loop:\n%s", code, stderr)
 		}
 	})
+	t.Run("--conf in node-local-dns's shape", func(t *testing.T) {
+		// The DaemonSet's ConfigMap: its pillars come from the Services and
+		// resolv.conf, as node-local-dns fills them (found on a real node,
+		// where node-cache exited on __PILLAR__CLUSTER__DNS__).
+		ip := svc(t, "kube-dns-upstream", "")
+		dir := t.TempDir()
+		conf, resolv := filepath.Join(dir, "Corefile"), filepath.Join(dir, "resolv.conf")
+		os.WriteFile(conf, []byte("cluster.local:53 {\n    bind 169.254.20.10\n    forward . __PILLAR__CLUSTER__DNS__ {\n        force_tcp\n    }\n}\n"+
+			".:53 {\n    bind 169.254.20.10\n    forward . __PILLAR__UPSTREAM__SERVERS__\n}\n"), 0o644)
+		os.WriteFile(resolv, []byte("nameserver 192.0.2.77\n"), 0o644)
+		out, stderr, code := printConfig(t, "--kubeconfig", c.Kubeconfig, "--node-name", "node-a", "--conf", conf, "--resolv-conf", resolv)
+		if code != 0 || !strings.Contains(out, "forward . "+ip+":53 {") || !strings.Contains(out, "forward . 192.0.2.77") {
+			t.Fatalf("exit %d, want the pillars filled with kube-dns-upstream %s and resolv.conf's 192.0.2.77:\n%s\n%s", code, ip, out, stderr)
+		}
+	})
 	t.Run("--cluster-upstream: no lookup", func(t *testing.T) {
 		svc(t, "kube-dns", "")
 		// An API server that is not there: looking would fail.

@@ -3,6 +3,7 @@ package nodecache
 import (
 	"fmt"
 	"net"
+	"os"
 	"regexp"
 	"strings"
 )
@@ -34,6 +35,18 @@ func (c *Config) pillars() map[string]struct{ value, flag string } {
 		"__PILLAR__UPSTREAM__SERVERS__": {strings.Join(c.Upstreams, " "), "--upstream (or --resolv-conf)"},
 		"__PILLAR__DNS__DOMAIN__":       {strings.TrimSuffix(c.ClusterDomain, "."), "--cluster-domain"},
 	}
+}
+
+// ConfUses reports whether the --conf Corefile holds the placeholder tok
+// (e.g. "__PILLAR__CLUSTER__DNS__"), whose value node-cache must then find
+// as it does for the Corefile it generates. False without --conf or when the
+// file cannot be read (loading it reports that).
+func (c *Config) ConfUses(tok string) bool {
+	if c.Conf == "" {
+		return false
+	}
+	b, err := os.ReadFile(c.Conf)
+	return err == nil && strings.Contains(string(b), tok)
 }
 
 // fillPillars replaces the placeholders of a node-local-dns-style Corefile.

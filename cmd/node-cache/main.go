@@ -114,7 +114,9 @@ func main() {
 	if !fs.Changed("node-name") {
 		cfg.NodeName = os.Getenv("NODE_NAME") // the downward API's spec.nodeName
 	}
-	if cfg.Conf == "" {
+	// A --conf Corefile in node-local-dns's shape takes
+	// __PILLAR__UPSTREAM__SERVERS__ from resolv.conf, as node-local-dns does.
+	if cfg.Conf == "" || cfg.ConfUses("__PILLAR__UPSTREAM__SERVERS__") {
 		if err := resolvConfDefaults(&cfg, *resolvConf, fs.Changed("upstream"), fs.Changed("resolv-conf")); err != nil {
 			log.Error("reading defaults", "resolv-conf", *resolvConf, "err", err)
 			os.Exit(2)
