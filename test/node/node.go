@@ -900,7 +900,7 @@ func (n *Node) poll(ctx context.Context, what string, within time.Duration, p *P
 			return nil
 		}
 		if p != nil && p.Exited() {
-			return p.exitError()
+			return p.ExitError()
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("timed out after %s waiting for %s", within, what)

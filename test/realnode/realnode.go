@@ -724,8 +724,8 @@ func kubectlPath() (string, error) { return cluster.BinaryPath("kubectl") }
 // Check returns an error if a process of the node has exited.
 func (n *Node) Check() error {
 	for _, p := range n.procs {
-		if p.Exited() && !p.stopped {
-			return p.exitError()
+		if p.Exited() && !p.Stopped() {
+			return p.ExitError()
 		}
 	}
 	if n.Cluster != nil {
@@ -742,7 +742,7 @@ func (n *Node) poll(ctx context.Context, what string, within time.Duration, p *P
 			return nil
 		}
 		if p != nil && p.Exited() {
-			return p.exitError()
+			return p.ExitError()
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("timed out after %s waiting for %s", within, what)
