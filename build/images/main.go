@@ -55,6 +55,9 @@ var binaries = []struct {
 	{"cloud-emulator", "65532:65532", nil},
 	{"eni-agent", "", nil},
 	{"eni-cni", "", nil},
+	{"datapath-agent", "", nil},
+	{"pvtz-webhook", "65532:65532", nil},
+	{"dnsaccelctl", "65532:65532", nil},
 }
 
 // pauseRefs name the sandbox image (test/realnode pins the first; the
