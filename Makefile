@@ -5,7 +5,7 @@ BINARIES := coredns node-cache pvtz-sync pvtz-webhook pvtzctl cloud-emulator eni
 export DNSACCEL_CACHE ?= $(HOME)/.cache/dnsaccel
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build test demo demo-cache bench generate lint clean deps kube kube-node images images-docker realnode-up realnode-down
+.PHONY: all build test demo demo-cache bench generate lint clean deps kube kube-node images images-docker realnode-up realnode-down realnode-test
 
 all: build
 
@@ -88,6 +88,10 @@ images-docker:
 realnode-up: deps images kube-node
 	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
 	@bin/realnode up --detach
+
+# The real node's whole user path as a test (test/realnode.TestRealNode).
+realnode-test: deps build kube-node
+	DNSACCEL_REALNODE=1 $(GO) test -count=1 -v -timeout 20m -run TestRealNode ./test/realnode/
 
 realnode-down:
 	@$(GO) build -o bin/realnode ./test/realnode/cmd/realnode
