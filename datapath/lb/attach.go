@@ -159,60 +159,18 @@ func (t *Table) attach() error {
 		return fmt.Errorf("cgroup %s: %w", t.opts.Cgroup, err)
 	}
 	for _, h := range hooks {
-		prog := h.prog(&t.objs)
-		lpath := filepath.Join(t.dir, "link_"+h.name)
-		l, err := adopt(lpath, prog, st.Ino)
+		l, adopted, err := datapath.AttachCgroupPinned(cg, t.opts.Cgroup, st.Ino, t.dir, h.name, h.prog(&t.objs), h.attach)
+		if l != nil {
+			t.links = append(t.links, l)
+		}
 		if err != nil {
-			return fmt.Errorf("adopting %s: %w", lpath, err)
+			return err
 		}
-		if l == nil {
-			rl, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: h.attach})
-			if err != nil {
-				if errors.Is(err, ebpf.ErrNotSupported) {
-					return fmt.Errorf("kernel feature missing: cgroup BPF links for %s (Linux 5.8+): %w", h.name, err)
-				}
-				return fmt.Errorf("attach %s to cgroup %s: %w", h.name, t.opts.Cgroup, err)
-			}
-			if err := rl.Pin(lpath); err != nil {
-				rl.Close()
-				return fmt.Errorf("pin %s: %w", lpath, err)
-			}
-			l = rl
-		} else {
+		if adopted {
 			t.adopted++
-		}
-		t.links = append(t.links, l)
-		ppath := filepath.Join(t.dir, "prog_"+h.name)
-		os.Remove(ppath)
-		if err := prog.Pin(ppath); err != nil {
-			return fmt.Errorf("pin %s: %w", ppath, err)
 		}
 	}
 	return nil
-}
-
-// adopt switches a pinned link to prog (BPF_LINK_UPDATE: no gap). nil when
-// there is none, or it is attached to another cgroup (then it is removed).
-func adopt(path string, prog *ebpf.Program, cgID uint64) (link.Link, error) {
-	l, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if info, err := l.Info(); err == nil {
-		if cgi := info.Cgroup(); cgi != nil && cgi.CgroupId != cgID {
-			l.Unpin()
-			l.Close()
-			return nil, nil
-		}
-	}
-	if err := l.Update(prog); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("switching to the new program: %w", err)
-	}
-	return l, nil
 }
 
 // Cleanup detaches and removes everything this package pinned under

@@ -282,62 +282,18 @@ func (s *Steering) attach() error {
 		return err
 	}
 	for _, h := range hooks {
-		prog := h.prog(&s.objs)
-		lpath := filepath.Join(s.dir, "link_"+h.name)
-		l, err := s.adopt(lpath, prog, cgID)
+		l, adopted, err := datapath.AttachCgroupPinned(cg, s.opts.Cgroup, cgID, s.dir, h.name, h.prog(&s.objs), h.attach)
+		if l != nil {
+			s.links = append(s.links, l)
+		}
 		if err != nil {
-			return fmt.Errorf("adopting %s: %w", lpath, err)
+			return err
 		}
-		if l == nil {
-			rl, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: h.attach})
-			if err != nil {
-				if errors.Is(err, ebpf.ErrNotSupported) {
-					return fmt.Errorf("kernel feature missing: cgroup BPF links for %s (Linux 5.8+): %w", h.name, err)
-				}
-				return fmt.Errorf("attach %s to cgroup %s: %w", h.name, s.opts.Cgroup, err)
-			}
-			if err := rl.Pin(lpath); err != nil {
-				rl.Close()
-				return fmt.Errorf("pin %s: %w", lpath, err)
-			}
-			l = rl
-		} else {
+		if adopted {
 			s.adopted++
-		}
-		s.links = append(s.links, l)
-		ppath := filepath.Join(s.dir, "prog_"+h.name)
-		os.Remove(ppath)
-		if err := prog.Pin(ppath); err != nil {
-			return fmt.Errorf("pin %s: %w", ppath, err)
 		}
 	}
 	return nil
-}
-
-// adopt switches a pinned link to prog. It returns nil (and removes the
-// pin) when there is none or it is attached to another cgroup.
-func (s *Steering) adopt(path string, prog *ebpf.Program, cgID uint64) (link.Link, error) {
-	l, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	info, err := l.Info()
-	if err == nil {
-		if cgi := info.Cgroup(); cgi != nil && cgi.CgroupId != cgID {
-			// Attached elsewhere (--cgroup changed): detach it there.
-			l.Unpin()
-			l.Close()
-			return nil, nil
-		}
-	}
-	if err := l.Update(prog); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("switching to the new program: %w", err)
-	}
-	return l, nil
 }
 
 // Adopted reports how many links Attach found pinned and took over.
