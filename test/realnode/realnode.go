@@ -45,6 +45,7 @@ import (
 
 	"github.com/dnsaccel/dnsaccel/test/cluster"
 	"github.com/dnsaccel/dnsaccel/test/cnitest"
+	"github.com/dnsaccel/dnsaccel/test/internal/proc"
 )
 
 // Fixed facts of the node. The overlay manifests/overlays/realnode names
@@ -736,27 +737,7 @@ func (n *Node) Check() error {
 
 // poll waits for ok, failing early if p (when set) exits.
 func (n *Node) poll(ctx context.Context, what string, within time.Duration, p *Proc, ok func() bool) error {
-	deadline := time.Now().Add(within)
-	for {
-		if ok() {
-			return nil
-		}
-		if p != nil && p.Exited() {
-			return p.ExitError()
-		}
-		if time.Now().After(deadline) {
-			msg := fmt.Sprintf("timed out after %s waiting for %s", within, what)
-			if p != nil {
-				msg += "; last lines of " + p.Log + ":\n" + p.Tail(15)
-			}
-			return errors.New(msg)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return proc.Poll(ctx, what, within, 100*time.Millisecond, p, ok)
 }
 
 func (n *Node) waitHTTP(ctx context.Context, p *Proc, url string, within time.Duration) error {

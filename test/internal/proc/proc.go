@@ -3,6 +3,8 @@
 package proc
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -112,3 +114,29 @@ func (p *Proc) Stop(grace time.Duration) error {
 
 // Stopped reports whether Stop ran (an exit after it is expected).
 func (p *Proc) Stopped() bool { return p.stopped }
+
+// Poll waits until ok, checking every interval, and fails early, with the
+// tail of its log, if p (when set) exits.
+func Poll(ctx context.Context, what string, within, every time.Duration, p *Proc, ok func() bool) error {
+	deadline := time.Now().Add(within)
+	for {
+		if ok() {
+			return nil
+		}
+		if p != nil && p.Exited() {
+			return p.ExitError()
+		}
+		if time.Now().After(deadline) {
+			msg := fmt.Sprintf("timed out after %s waiting for %s", within, what)
+			if p != nil {
+				msg += "; last lines of " + p.Log + ":\n" + p.Tail(15)
+			}
+			return errors.New(msg)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(every):
+		}
+	}
+}
